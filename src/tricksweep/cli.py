@@ -1,0 +1,174 @@
+"""The ``tricksweep`` command.
+
+    tricksweep validate sweeps/quickstart.yaml
+    tricksweep run sweeps/quickstart.yaml [--smoke]
+    tricksweep ls
+    tricksweep ui
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tricksweep.errors import SpecError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tricksweep", description="Hyperparameter sweeps over deep-learning tricks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a sweep spec; print its space, trial count and epoch budget")
+    p.add_argument("spec", type=Path)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a sweep on local Ray (or --address) and record it in MLflow")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--smoke", action="store_true", help="2 trials x 2 epochs, to check the spec runs")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec and MLFLOW_TRACKING_URI)")
+    p.add_argument("--address", help="Ray address to attach to ('auto' on a cluster head); default: local Ray")
+    p.add_argument("--storage", help="Tune storage path (overrides the spec)")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ls", help="list trainables, search-space fragments and sweeps")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the sweeps' tracking store (loopback only)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tricksweep import space as dsl
+    from tricksweep.spec import load_spec
+
+    loaded = load_spec(args.spec)
+    spec = loaded.spec
+    print(f"{args.spec}: valid sweep '{spec.name}' (trainable {spec.trainable}, dataset {spec.dataset.get('name')})")
+    if loaded.fragments:
+        print(f"fragments: {', '.join(loaded.fragments)}")
+    print("space:")
+    for line in dsl.describe(loaded.space, indent=1):
+        print(line)
+    trials, epochs = loaded.trials_total, spec.budget.max_epochs
+    print(f"trials: {trials} ({spec.searcher} searcher"
+          + (f", {loaded.grid_points} grid points x {spec.budget.trials}" if loaded.grid_points > 1 else "") + ")")
+    budget = f"epoch budget: at most {trials * epochs} epochs ({trials} trials x {epochs})"
+    if spec.scheduler.type == "asha":
+        expected = asha_expected_epochs(trials, epochs, spec.scheduler.grace_epochs, spec.scheduler.reduction_factor)
+        budget += f"; with ASHA about {expected:.0f} (rungs at epochs {asha_rungs(epochs, spec.scheduler.grace_epochs, spec.scheduler.reduction_factor)})"
+    print(budget)
+    print(f"objective: {spec.mode} {spec.metric}; resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
+    return 0
+
+
+def asha_rungs(max_epochs: int, grace: int, factor: float) -> list[int]:
+    rungs, t = [], float(grace)
+    while t < max_epochs:
+        rungs.append(int(t))
+        t *= factor
+    return rungs
+
+
+def asha_expected_epochs(trials: int, max_epochs: int, grace: int, factor: float) -> float:
+    """Epochs run if each rung keeps exactly 1/factor of the trials reaching it."""
+    marks = asha_rungs(max_epochs, grace, factor) + [max_epochs]
+    total, alive, previous = 0.0, float(trials), 0
+    for i, mark in enumerate(marks):
+        total += alive * (mark - previous)
+        previous = mark
+        if i < len(marks) - 1:
+            alive = max(alive / factor, 1.0)
+    return total
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tricksweep.report import leaderboard_table
+    from tricksweep.runner import run_sweep
+    from tricksweep.spec import load_spec
+
+    loaded = load_spec(args.spec)  # all validation before Ray or MLflow start
+    import mlflow  # noqa: F401 - configures its loggers on import; quiet them after
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
+    # Piped output (CI logs, files) gets a wide table rather than rich's 80-column default.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    outcome = run_sweep(
+        loaded, smoke_test=args.smoke, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
+        echo=lambda line: console.print(line, markup=False),
+    )
+    console.print()
+    console.print(leaderboard_table(outcome.rows, outcome.metric, args.top))
+    counts: dict[str, int] = {}
+    for row in outcome.rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+    minutes, seconds = divmod(int(outcome.wall_s), 60)
+    best = outcome.best
+    console.print(f"done in {minutes}:{seconds:02d}: {summary}", markup=False)
+    if best is not None and best.value is not None:
+        console.print(f"best {outcome.metric}: {best.value:.4f} (trial {best.trial_id}, epoch {best.best_epoch})", markup=False)
+    console.print(f"MLflow: experiment '{outcome.name}', parent run {outcome.parent_run_id} at {outcome.tracking_uri}", markup=False)
+    console.print(f"  open it:  tricksweep ui   (or: mlflow ui --backend-store-uri {outcome.tracking_uri})  then {outcome.ui_url}", markup=False)
+    console.print(f"Tune results: {outcome.experiment_path}", markup=False)
+    return 1 if outcome.rows and all(r.status == "failed" for r in outcome.rows) else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import yaml
+
+    from trainables import TRAINABLES
+    from tricksweep.spec import available_fragments
+
+    print("trainables:")
+    for name, module in TRAINABLES.items():
+        print(f"  {name:<16} {module}")
+    here = Path.cwd() / "sweeps" / "_"
+    print("search-space fragments (include: [...]):")
+    for name, path in available_fragments(here).items():
+        print(f"  {name:<16} {path}")
+    print("sweeps:")
+    for path in sorted((Path.cwd() / "sweeps").glob("*.yaml")):
+        try:
+            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(invalid YAML)"
+        print(f"  {str(path.relative_to(Path.cwd())):<28} {description}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tricksweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri} (sweeps are under 'Model training')")
+    os.execvp(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

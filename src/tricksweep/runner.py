@@ -1,0 +1,356 @@
+"""Builds the Ray Tune experiment for a spec, runs it, and records it in MLflow.
+
+    outcome = run_sweep(load_spec("sweeps/quickstart.yaml"))
+    outcome.best["val_accuracy"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from ray import tune
+
+from tricksweep import __version__
+from tricksweep import space as dsl
+from tricksweep.report import Row, leaderboard, leaderboard_table, write_leaderboard_csv
+from tricksweep.spec import Asha, LoadedSpec, SweepSpec
+from tricksweep.tracking import (
+    SWEEP_TAG,
+    MlflowTrials,
+    SweepRun,
+    end_status,
+    git_sha,
+    resolve_tracking_uri,
+    spec_params,
+)
+
+SEED_RANGE = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled config; shipped once via ``with_parameters``."""
+
+    trainable: str
+    fixed: dict[str, Any]  # dataset, epochs, checkpoint cadence: the same for every trial
+    cpus: float
+    gpus: float
+
+
+class TuneReport:
+    """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API."""
+
+    def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None, end: str | None = None) -> None:
+        tune.report(
+            {**metrics, "epoch": epoch, "end": end or ""},
+            checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
+        )
+
+    def restore(self) -> str | None:
+        checkpoint = tune.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint else None
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune's function trainable: validate the sampled config and hand it to the trainable."""
+    import torch
+
+    from trainables import load
+
+    torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
+    module = load(ctx.trainable)
+    device = "cuda" if ctx.gpus > 0 else "cpu"
+    cfg = module.Config.model_validate({**config, **ctx.fixed, "device": device})
+    module.train(cfg, TuneReport())
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    ui_url: str
+    experiment_path: str
+    rows: list[Row]
+    wall_s: float
+    errors: int
+    metric: str
+    mode: str
+    statuses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+
+def smoke(spec: SweepSpec) -> SweepSpec:
+    """2 trials x 2 epochs: checks a spec runs end to end in seconds."""
+    update: dict[str, Any] = {"budget": spec.budget.model_copy(update={"trials": 2, "max_epochs": 2, "time_limit_s": None})}
+    if isinstance(spec.scheduler, Asha):
+        update["scheduler"] = spec.scheduler.model_copy(update={"grace_epochs": 1})
+    return spec.model_copy(update=update)
+
+
+def param_space(loaded: LoadedSpec) -> dict[str, Any]:
+    compiled = dsl.to_tune(loaded.space, grid_searcher=loaded.spec.searcher == "grid")
+    if "seed" not in compiled:
+        # Every trial draws its own seed from the sweep's seeded generator; it is logged with the trial.
+        compiled["seed"] = tune.randint(0, SEED_RANGE)
+    return compiled
+
+
+def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
+    """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address in (None, "local"):
+        # A private in-process cluster: token auth protects nothing here and breaks on a stale token.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address=address or "local",
+        num_cpus=cpus if address in (None, "local") else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+def run_sweep(
+    loaded: LoadedSpec,
+    *,
+    smoke_test: bool = False,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    storage: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    spec = smoke(loaded.spec) if smoke_test else loaded.spec
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress replaces Tune's tables and banners
+    started = time.monotonic()
+    uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri)
+    storage_path = _storage_path(storage or spec.storage)
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    sweep = SweepRun(uri, spec.tracking.experiment or spec.name)
+    parent_id = sweep.start(run_name, spec_params(spec.model_dump(mode="json"), loaded.raw_space), _parent_tags(loaded, spec, smoke_test, storage_path, run_name))
+    _log_spec_files(sweep, loaded, spec)
+    echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points} trials x <= {spec.budget.max_epochs} epochs, "
+         f"MLflow run {parent_id} at {uri}")
+
+    owns_ray = ensure_ray(address)
+    asha = isinstance(spec.scheduler, Asha)
+    tracker = MlflowTrials(
+        uri, sweep.experiment_id, parent_id,
+        max_epochs=spec.budget.max_epochs, asha=asha, time_limit_s=spec.budget.time_limit_s,
+    )
+    progress = Progress(spec.metric, spec.mode, tracker.statuses, echo)
+    tuner = build_tuner(loaded, spec, storage_path, run_name, [tracker, progress])
+    status = "failed"
+    try:
+        grid = tuner.fit()
+        status = "completed"
+    finally:
+        tracker.close()
+        if status != "completed":
+            sweep.finish("failed", {"tricksweep.error": "the sweep driver stopped before Tune finished"})
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+    rows = leaderboard(grid, spec.metric, spec.mode, tracker.statuses, spec.budget.max_epochs, asha)
+    if rows and all(r.status == "failed" for r in rows):
+        status = "failed"
+    _finish_parent(sweep, grid, rows, spec, status, tracker.run_ids)
+    return SweepOutcome(
+        name=spec.name, tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=parent_id,
+        ui_url=sweep.ui_url(), experiment_path=grid.experiment_path, rows=rows,
+        wall_s=time.monotonic() - started, errors=grid.num_errors, metric=spec.metric, mode=spec.mode,
+        statuses=dict(tracker.statuses),
+    )
+
+
+def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    ctx = TrialContext(
+        trainable=spec.trainable,
+        fixed={"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs},
+        cpus=spec.resources.cpu,
+        gpus=spec.resources.gpu,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    )
+    scheduler = None
+    if isinstance(spec.scheduler, Asha):
+        scheduler = ASHAScheduler(
+            time_attr="epoch",  # the trainable's epoch is the clock, not Tune's report count
+            max_t=spec.budget.max_epochs,
+            grace_period=spec.scheduler.grace_epochs,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(loaded),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=spec.seed),
+            num_samples=spec.budget.trials,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            time_budget_s=spec.budget.time_limit_s,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                # Keeps the best checkpoint for the leaderboard; Tune always keeps the latest for resume.
+                num_to_keep=1, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
+            ),
+        ),
+    )
+
+
+class Progress(tune.Callback):
+    """Live progress on the console: a line per finished trial, a summary every few seconds."""
+
+    def __init__(self, metric: str, mode: str, statuses: dict[str, str], echo: Callable[[str], None], every_s: float = 10.0):
+        self.metric, self.mode, self.statuses, self.echo, self.every_s = metric, mode, statuses, echo, every_s
+        self.best: tuple[float, str, int] | None = None
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "echo": print}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and value == value:
+            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+            if better:
+                self.best = (float(value), _short(trial), int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        status = self.statuses.get(trial.trial_id, "done").replace("_", " ")
+        value = last.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        self.echo(f"  {_short(trial)} {status} at epoch {last.get('epoch', 0)}: {self.metric} {shown}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.echo(f"  {_short(trial)} failed: {self.statuses.get(trial.trial_id, 'error')}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        counts: dict[str, int] = {}
+        for t in trials:
+            state = self.statuses.get(t.trial_id) or t.status.lower()
+            counts[state] = counts.get(state, 0) + 1
+        parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+        best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]}, epoch {self.best[2]})" if self.best else ""
+        elapsed = int(now - self._started)
+        self.echo(f"[{elapsed // 60}:{elapsed % 60:02d}] {len(trials)} trials: {parts}{best}")
+
+
+def _short(trial: Any) -> str:
+    return f"trial-{trial.trial_id.rsplit('_', 1)[-1]}"
+
+
+def _storage_path(value: str | None) -> str:
+    if value and "://" in value:
+        return value  # s3://, gs://: shared storage for a cluster
+    return str(Path(value or "runs").expanduser().resolve())
+
+
+def _parent_tags(loaded: LoadedSpec, spec: SweepSpec, smoke_test: bool, storage_path: str, run_name: str) -> dict[str, str]:
+    import mlflow
+    import ray
+    import torch
+
+    tags = {
+        SWEEP_TAG: "parent",
+        "tricksweep.trainable": spec.trainable,
+        "tricksweep.searcher": spec.searcher,
+        "tricksweep.scheduler": spec.scheduler.type,
+        "tricksweep.storage_path": f"{storage_path}/{run_name}",
+        "tricksweep.spec_file": str(loaded.path.resolve()),
+        "tricksweep.smoke": str(smoke_test).lower(),
+        "tricksweep.version": __version__,
+        "tricksweep.versions": f"ray {ray.__version__}, torch {torch.__version__}, mlflow {mlflow.__version__}",
+    }
+    if sha := git_sha(loaded.path.resolve().parent):
+        tags["mlflow.source.git.commit"] = sha
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description
+    return tags
+
+
+def _log_spec_files(sweep: SweepRun, loaded: LoadedSpec, spec: SweepSpec) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp, "resolved_spec.yaml")
+        data = yaml.safe_load(loaded.resolved_yaml())
+        data.update(spec.model_dump(mode="json", exclude={"space", "include"}))
+        resolved.write_text(yaml.safe_dump(data, sort_keys=False))
+        sweep.log_artifact(resolved, "spec")
+    sweep.log_artifact(loaded.path, "spec")
+    for path in loaded.fragments.values():
+        sweep.log_artifact(path, "spec/search_spaces")
+
+
+def _finish_parent(
+    sweep: SweepRun, grid: Any, rows: list[Row], spec: SweepSpec, status: str, run_ids: dict[str, str]
+) -> None:
+    from mlflow.entities import Metric
+
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = Path(tmp, "leaderboard.csv")
+        write_leaderboard_csv(rows, csv_path)
+        sweep.log_artifact(csv_path)
+        best = rows[0] if rows else None
+        tags = {"tricksweep.trials": str(len(rows))}
+        if best is not None and best.value is not None:
+            sweep.client.log_batch(sweep.run_id, metrics=[Metric(f"best_{spec.metric}", best.value, int(time.time() * 1000), 0)])
+            tags["tricksweep.best_trial"] = best.trial_id
+            if best.trial_id in run_ids:
+                tags["tricksweep.best_run_id"] = run_ids[best.trial_id]
+            checkpoint = _best_checkpoint(grid, best.trial_id, spec.metric, spec.mode)
+            if checkpoint is not None:
+                with checkpoint.as_directory() as ckpt_dir:
+                    sweep.log_artifact(Path(ckpt_dir), "best_checkpoint")
+                config_path = Path(tmp, "best_config.yaml")
+                config_path.write_text(yaml.safe_dump({**best.config, "data": spec.dataset}, sort_keys=False))
+                sweep.log_artifact(config_path, "best_checkpoint")
+        sweep.finish(status, tags)
+
+
+def _best_checkpoint(grid: Any, trial_id: str, metric: str, mode: str) -> Any:
+    for result in grid:
+        if result.metrics.get("trial_id") != trial_id:
+            continue
+        scored = [(m.get(metric), c) for c, m in (result.best_checkpoints or []) if m.get(metric) is not None]
+        if scored:
+            return (max if mode == "max" else min)(scored, key=lambda pair: pair[0])[1]
+        return result.checkpoint
+    return None

@@ -1,0 +1,206 @@
+"""The search-space DSL and its compilation to Ray Tune domains.
+
+A space is a mapping from parameter names to values. A value is either a constant or one of::
+
+    {choice: [a, b, ...]}        one option at random (options may be blocks, see below)
+    {grid: [a, b, ...]}          every option, each in its own trial(s)
+    {uniform: [low, high]}       float, low <= x <= high
+    {loguniform: [low, high]}    float on a log scale, 0 < low <= x <= high
+    {int: [low, high]}           integer, low <= x <= high (both ends inclusive)
+    {const: value}               a literal (e.g. a list or a dict that must not be parsed)
+
+Plain nested mappings are parameter groups (``augment: {rotate: {p: 0.5}}``). A choice whose
+options are mappings is *conditional*: each option is a block of parameters that exist only
+when that block is picked, e.g. ``momentum`` only in the SGD-with-momentum block::
+
+    optimizer:
+      choice:
+        - {name: adam, lr: {loguniform: [1.0e-4, 1.0e-2]}}
+        - {name: sgd_momentum, lr: {loguniform: [1.0e-3, 0.3]}, momentum: {uniform: [0.8, 0.99]}}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+from tricksweep.errors import SpecError
+
+DOMAIN_KEYS = ("choice", "grid", "uniform", "loguniform", "int", "const")
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[Node, ...]
+    grid: bool = False
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int  # inclusive
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Any
+
+
+Block = dict  # name -> Node
+Node = Union[Choice, Uniform, IntRange, Const, Block]
+
+
+def is_domain(raw: Any) -> bool:
+    """A one-key mapping whose key is a DSL word is a domain; other mappings are groups."""
+    return isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in DOMAIN_KEYS
+
+
+def parse(raw: Any, path: str = "space") -> Node:
+    """Parse YAML data into a space tree, rejecting malformed domains with their path."""
+    if isinstance(raw, dict) and not is_domain(raw):
+        for key in raw:
+            if not isinstance(key, str):
+                raise SpecError(f"{path}: parameter name {key!r} must be a string")
+        return {key: parse(value, f"{path}.{key}") for key, value in raw.items()}
+    if not isinstance(raw, dict):
+        return Const(raw)
+    kind, arg = next(iter(raw.items()))
+    where = f"{path}.{kind}"
+    if kind == "const":
+        return Const(arg)
+    if kind in ("choice", "grid"):
+        if not isinstance(arg, list) or not arg:
+            raise SpecError(f"{where} = {arg!r}: must be a non-empty list of options")
+        return Choice(tuple(parse(o, f"{where}[{i}]") for i, o in enumerate(arg)), grid=kind == "grid")
+    if not (isinstance(arg, list) and len(arg) == 2):
+        raise SpecError(f"{where} = {arg!r}: must be a list [low, high]")
+    low, high = arg
+    numeric = (int,) if kind == "int" else (int, float)
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, numeric) or (isinstance(v, float) and not math.isfinite(v)):
+            rule = "an integer" if kind == "int" else "a finite number"
+            raise SpecError(f"{where} {name} = {v!r}: must be {rule}")
+    if low > high:
+        raise SpecError(f"{where} = [{low}, {high}]: low {low} is greater than high {high}; must be low <= high")
+    if kind == "int":
+        return IntRange(low, high)
+    if kind == "loguniform" and low <= 0:
+        raise SpecError(f"{where} low = {low}: must be > 0 on a log scale")
+    return Uniform(float(low), float(high), log=kind == "loguniform")
+
+
+def to_tune(node: Node, grid_searcher: bool = False, path: str = "space") -> Any:
+    """Compile to Ray Tune's param_space. Ray resolves domains inside a sampled block on its
+    next pass, which is what makes conditional blocks work with the basic variant generator."""
+    from ray import tune
+
+    if isinstance(node, dict):
+        return {k: to_tune(v, grid_searcher, f"{path}.{k}") for k, v in node.items()}
+    if isinstance(node, Const):
+        return node.value
+    if isinstance(node, Choice):
+        options = [to_tune(o, grid_searcher, f"{path}[{i}]") for i, o in enumerate(node.options)]
+        return tune.grid_search(options) if node.grid or grid_searcher else tune.choice(options)
+    if isinstance(node, IntRange):
+        if grid_searcher:
+            return tune.grid_search(list(range(node.low, node.high + 1)))
+        return tune.randint(node.low, node.high + 1)  # Ray's upper bound is exclusive
+    if grid_searcher:
+        raise SpecError(
+            f"{path}: searcher 'grid' cannot enumerate a continuous {'loguniform' if node.log else 'uniform'} "
+            f"range [{node.low}, {node.high}]; use {{grid: [...]}} values or searcher: random"
+        )
+    return tune.loguniform(node.low, node.high) if node.log else tune.uniform(node.low, node.high)
+
+
+def grid_points(node: Node, grid_searcher: bool = False) -> int:
+    """Trials one sample of the space expands to (1 without grid values)."""
+    if isinstance(node, dict):
+        return math.prod(grid_points(v, grid_searcher) for v in node.values())
+    if isinstance(node, Choice):
+        counts = [grid_points(o, grid_searcher) for o in node.options]
+        return sum(counts) if node.grid or grid_searcher else max(counts)
+    if isinstance(node, IntRange) and grid_searcher:
+        return node.high - node.low + 1
+    return 1
+
+
+def corners(node: Node) -> Iterator[Any]:
+    """Concrete values covering every option and both ends of every range, each varied with the
+    others held at their first value: what the validator checks against the trainable's config."""
+    if isinstance(node, dict):
+        firsts = {k: next(corners(v)) for k, v in node.items()}
+        yield firsts
+        for key, child in node.items():
+            for i, value in enumerate(corners(child)):
+                if i:
+                    yield {**firsts, key: value}
+    elif isinstance(node, Choice):
+        for option in node.options:
+            yield from corners(option)
+    elif isinstance(node, Const):
+        yield node.value
+    else:
+        yield node.low
+        if node.high != node.low:
+            yield node.high
+
+
+def describe(node: Node, indent: int = 0) -> list[str]:
+    """Human-readable lines of the space, for ``tricksweep validate``."""
+    pad = "  " * indent
+    lines: list[str] = []
+    for key, child in node.items():
+        if isinstance(child, dict):
+            lines.append(f"{pad}{key}:")
+            lines += describe(child, indent + 1)
+        elif isinstance(child, Choice) and any(isinstance(o, dict) for o in child.options):
+            lines.append(f"{pad}{key}: {'grid' if child.grid else 'choice'} of {len(child.options)} blocks")
+            for i, option in enumerate(child.options):
+                lines.append(f"{pad}  [{i}]")
+                lines += describe(option if isinstance(option, dict) else {"value": option}, indent + 2)
+        else:
+            lines.append(f"{pad}{key}: {_leaf(child)}")
+    return lines
+
+
+def _leaf(node: Node) -> str:
+    if isinstance(node, Const):
+        return "null" if node.value is None else str(node.value)
+    if isinstance(node, Choice):
+        return f"{'grid' if node.grid else 'choice'} [{', '.join(_leaf(o) for o in node.options)}]"
+    if isinstance(node, IntRange):
+        return f"int [{node.low}, {node.high}] (inclusive)"
+    return f"{'loguniform' if node.log else 'uniform'} [{node.low:g}, {node.high:g}]"
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge raw spaces: groups merge key by key, anything else in ``override`` replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(out.get(key), dict) and not is_domain(out[key]) and isinstance(value, dict) and not is_domain(value):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,288 @@
+"""Sweep specs: YAML files validated before anything runs.
+
+    spec = load_spec("sweeps/quickstart.yaml")   # raises SpecError with a one-line message
+    spec.trials_total, spec.space
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tricksweep import space as dsl
+from tricksweep.errors import SpecError, did_you_mean, unknown_name
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(Strict):
+    trials: int = Field(ge=1, description="configurations sampled (random), or passes over the grid (grid)")
+    max_epochs: int = Field(ge=1, description="epochs a trial may run at most; ASHA's max_t")
+    time_limit_s: float | None = Field(None, gt=0, description="wall-clock seconds; then no new trials start and running ones stop")
+
+
+class Asha(Strict):
+    type: Literal["asha"] = "asha"
+    grace_epochs: int = Field(1, ge=1, description="epochs every trial gets before it can be stopped")
+    reduction_factor: float = Field(3.0, ge=2, description="keep the top 1/reduction_factor at each rung")
+
+
+class NoScheduler(Strict):
+    type: Literal["none"]
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial; also the trial's torch threads")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU")
+
+
+class Tracking(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the sweep name)")
+
+
+class Checkpointing(Strict):
+    every_epochs: int = Field(1, ge=1, description="epochs between checkpoints; the last epoch always saves")
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: letters, digits, _ . -")
+    description: str = ""
+    trainable: str = "classifier"
+    dataset: dict[str, Any] = Field(default_factory=lambda: {"name": "digits"})
+    metric: str
+    mode: Literal["max", "min"]
+    budget: Budget
+    scheduler: Asha | NoScheduler = Field(default_factory=Asha, discriminator="type")
+    searcher: Literal["random", "grid"] = "random"
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as resources allow")
+    max_failures: int = Field(0, ge=-1, description="retries of a failed trial from its checkpoint (-1 = forever)")
+    seed: int = 0
+    tracking: Tracking = Field(default_factory=Tracking)
+    storage: str | None = Field(None, description="Tune storage path (default: <cwd>/runs); shared on a cluster")
+    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
+    include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
+    space: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SweepSpec:
+        if isinstance(self.scheduler, Asha) and self.scheduler.grace_epochs > self.budget.max_epochs:
+            raise ValueError(
+                f"scheduler.grace_epochs = {self.scheduler.grace_epochs}: must be <= budget.max_epochs "
+                f"({self.budget.max_epochs})"
+            )
+        return self
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec with its fragments merged and its space parsed."""
+
+    spec: SweepSpec
+    path: Path
+    space: dict  # parsed DSL tree (tricksweep.space)
+    raw_space: dict  # merged YAML of fragments + overrides
+    fragments: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def grid_points(self) -> int:
+        return dsl.grid_points(self.space, self.spec.searcher == "grid")
+
+    @property
+    def trials_total(self) -> int:
+        return self.spec.budget.trials * self.grid_points
+
+    def resolved_yaml(self) -> str:
+        """The spec as run: fragments inlined, defaults filled in."""
+        data = self.spec.model_dump(mode="json")
+        data["space"] = self.raw_space
+        data["include"] = []
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def fragment_dirs(spec_path: Path) -> list[Path]:
+    """Where ``include`` names are looked up: next to the spec's folder, then the current folder."""
+    dirs = [spec_path.resolve().parent.parent / "search_spaces", Path.cwd() / "search_spaces"]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def available_fragments(spec_path: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(fragment_dirs(spec_path)):
+        found.update({p.stem: p for p in sorted(d.glob("*.yaml"))})
+    return found
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such {what} file") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read {what} file ({err.strerror})") from None
+    if not text.strip():
+        raise SpecError(f"{path}: the {what} file is empty; it needs a YAML mapping")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the {what} must be a YAML mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read, validate and resolve a sweep spec. Raises SpecError with a one-line message."""
+    path = Path(path)
+    raw = read_yaml(path, "sweep spec")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, SweepSpec)) from None
+
+    raw_space, fragments = _merge_fragments(spec, path)
+    parsed = dsl.parse(raw_space)
+    _check_against_trainable(spec, parsed)
+    loaded = LoadedSpec(spec, path, parsed, raw_space, fragments)
+    dsl.to_tune(parsed, grid_searcher=spec.searcher == "grid")  # rejects what the searcher cannot express
+    return loaded
+
+
+def _merge_fragments(spec: SweepSpec, path: Path) -> tuple[dict, dict[str, Path]]:
+    available = available_fragments(path)
+    merged: dict = {}
+    owner: dict[str, str] = {}  # flattened parameter path -> fragment that defined it
+    used: dict[str, Path] = {}
+    for name in spec.include:
+        if name not in available:
+            raise unknown_name("include", name, "fragment", available)
+        fragment = read_yaml(available[name], "search-space fragment")
+        for key in _leaf_paths(fragment):
+            if key in owner:
+                raise SpecError(
+                    f"include: parameter '{key}' is defined by both fragments '{owner[key]}' and '{name}'; "
+                    f"define it once, or override it under space:"
+                )
+            owner[key] = name
+        merged = dsl.merge(merged, fragment)
+        used[name] = available[name]
+    return dsl.merge(merged, spec.space), used
+
+
+def _leaf_paths(raw: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in raw.items():
+        if isinstance(value, dict) and not dsl.is_domain(value):
+            paths += _leaf_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def _check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
+    from trainables import TRAINABLES, load
+
+    if spec.trainable not in TRAINABLES:
+        raise unknown_name("trainable", spec.trainable, "trainable", TRAINABLES)
+    module = load(spec.trainable)
+    if spec.metric not in module.METRICS:
+        raise unknown_name("metric", spec.metric, "metric", module.METRICS)
+    config_cls: type[BaseModel] = module.Config
+    try:
+        config_cls.model_validate({"data": spec.dataset})
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, config_cls, rename={"data": "dataset"})) from None
+    for reserved in ("data", "epochs", "device", "checkpoint_every"):
+        if reserved in parsed:
+            raise SpecError(f"space.{reserved}: set by the engine from the spec; remove it from the space")
+    for corner in dsl.corners(parsed):
+        try:
+            config_cls.model_validate(corner)
+        except ValidationError as err:
+            raise SpecError(format_validation_error(err, config_cls, prefix="space.")) from None
+
+
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], prefix: str = "", rename: dict[str, str] | None = None
+) -> str:
+    """One line for the first error: ``field.path = value: rule`` (+ how many more)."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = list(first["loc"])
+    fields, option = _fields_at(model, loc[:-1]) if loc else (None, None)
+    # Discriminated unions put the option's name into loc ("optimizer.adam.lr"); users wrote "optimizer.lr".
+    shown = [str(p) for p in loc if not (option and p == option)]
+    if rename and shown and shown[0] in rename:
+        shown[0] = rename[shown[0]]
+    where = prefix + ".".join(shown) if shown else prefix.rstrip(".") or "spec"
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        owner = f"{option!r} " if option else ""
+        valid = ", ".join(fields or [])
+        msg = f"{where}: unknown key{did_you_mean(loc[-1], fields or [])}; {owner}accepts: {valid}"
+        if option:
+            msg = f"{where} = {value!r}: {option!r} does not take '{loc[-1]}' (accepts: {valid})"
+    elif kind == "missing":
+        msg = f"{where}: required key is missing"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = first.get("ctx", {}).get("expected_tags", "")
+        valid = [t.strip().strip("'") for t in str(tags).split(",") if t.strip()]
+        tag = first.get("ctx", {}).get("tag", value)
+        key = first.get("ctx", {}).get("discriminator", "name").strip("'")
+        msg = f"{where}.{key} = {tag!r}: unknown option{did_you_mean(tag, valid)}; valid: {', '.join(valid)}"
+    else:
+        rule = first["msg"].removeprefix("Value error, ")
+        msg = rule if rule.startswith(tuple(f"{f}" for f in ("scheduler.", "budget."))) else f"{where} = {value!r}: {rule}"
+    more = len(errors) - 1
+    return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def _fields_at(model: Any, loc: list) -> tuple[list[str] | None, str | None]:
+    """Field names of the model reached by ``loc``, and the union option name passed on the way."""
+    option = None
+    current = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, dict):  # union options by tag
+            if part not in current:
+                return None, option
+            option, current = part, current[part]
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None, option
+        current = current.model_fields[part].annotation
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f for f in current.model_fields if f != "name" or option is None], option
+    return None, option
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated / Optional; a union of named options becomes {name: option}."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return models[0]
+        tagged = {}
+        for m in models:
+            name_field = m.model_fields.get("name") or m.model_fields.get("type")
+            if name_field is not None and name_field.default is not None:
+                tagged[name_field.default] = m
+        return tagged or tp
+    return tp

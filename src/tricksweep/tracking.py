@@ -1,0 +1,407 @@
+"""MLflow recording: one parent run per sweep, one nested child run per trial.
+
+The driver-side Tune callback hands every MLflow call to a background writer thread, so a slow
+or absent tracking server never blocks Tune's loop or a trial: operations queue in order, are
+retried until the server answers, and metric points are sent in batches (``log_batch``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tricksweep.space import flatten, is_domain
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "tricksweep.trial_id"
+STATUS_TAG = "tricksweep.status"
+SWEEP_TAG = "tricksweep.sweep"
+# Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
+TUNE_KEYS = frozenset(
+    {
+        "timestamp", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+        "iterations_since_restore", "training_iteration", "done", "trial_id", "date", "checkpoint_dir_name",
+        "should_checkpoint", "config", "experiment_tag", "epoch", "end",
+    }
+)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def resolve_tracking_uri(flag: str | None, spec_uri: str | None, cwd: Path | None = None) -> str:
+    """``--tracking-uri`` > the spec > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<cwd>/mlflow.db``.
+
+    Relative sqlite paths become absolute: trials and MLflow's own fallback resolve them from
+    other working directories.
+    """
+    uri = flag or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    cwd = cwd or Path.cwd()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(cwd / uri.removeprefix('sqlite:///')).resolve()}"
+    elif "://" not in uri:  # a bare folder means a file store
+        uri = str((cwd / uri).resolve())
+    return uri
+
+
+def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: bool) -> tuple[str, dict[str, str]]:
+    """How a trial that was not an error ended, and the tags that say so."""
+    last = last or {}
+    epoch = int(last.get("epoch") or 0)
+    tags = {"tricksweep.epochs": str(epoch)}
+    if last.get("end"):
+        return last["end"], tags
+    if epoch >= max_epochs:
+        return "completed", tags
+    if out_of_time:
+        return "stopped_by_budget", tags
+    if asha:
+        return "stopped_by_asha", {**tags, "tricksweep.rung": str(epoch)}
+    return "stopped", tags
+
+
+def git_sha(where: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class SweepRun:
+    """The parent run of one sweep: created before Tune starts, finished after it returns."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.experiment_name = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=self._artifact_root())
+        self.run_id: str | None = None
+
+    def _artifact_root(self) -> str | None:
+        # Keep artifacts beside a sqlite file rather than under whatever folder the driver ran in.
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            return (db.parent / "mlruns" / self.experiment_name).as_uri()
+        return None
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        return self.run_id
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
+
+    def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
+        return f"{host}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def spec_params(spec_dump: dict, raw_space: dict) -> dict[str, Any]:
+    """The resolved spec as flat params; each space entry is logged as its DSL text."""
+    params = flatten({k: v for k, v in spec_dump.items() if k not in ("space", "include")})
+    params.update(_space_params(raw_space, "space."))
+    return params
+
+
+def _space_params(raw: dict, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and not is_domain(value):
+            out.update(_space_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    return out
+
+
+def _param_value(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+class _Writer:
+    """Applies MLflow operations in submission order on its own thread, retrying until they land.
+
+    Memory stays bounded: past ``max_points`` queued metric points the oldest points are dropped
+    (and counted) rather than the process growing without end during a long outage.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_points: int = 500_000):
+        # Our own retry loop replaces MLflow's (up to minutes per call), so a call fails fast.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_points = max_points
+        self.run_ids: dict[str, str] = {}
+        self.dropped_points = 0
+        self.written_points = 0
+        self.retries = 0
+        self._ops: collections.deque[tuple] = collections.deque()
+        self._points = 0
+        self._cv = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="tricksweep-mlflow", daemon=True)
+        self._thread.start()
+
+    def submit(self, *op: Any) -> None:
+        with self._cv:
+            if op[0] == "metrics":
+                self._points += len(op[2])
+                while self._points > self.max_points and self._drop_oldest_metrics():
+                    pass
+            self._ops.append(op)
+            self._cv.notify()
+
+    def _drop_oldest_metrics(self) -> bool:
+        for i, queued in enumerate(self._ops):
+            if queued[0] == "metrics":
+                del self._ops[i]
+                self._points -= len(queued[2])
+                self.dropped_points += len(queued[2])
+                return True
+        return False
+
+    def close(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the queue to drain; returns operations left unwritten."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        with self._cv:
+            self._closing = True
+            left = len(self._ops)
+            self._ops.clear()  # a daemon thread left with work stops at the next empty check
+        return left
+
+    def _loop(self) -> None:
+        delay = 0.5
+        while True:
+            with self._cv:
+                while not self._ops and not self._closing:
+                    self._cv.wait()
+                if not self._ops:
+                    return
+                batch = self._take()
+            try:
+                self._apply(batch)
+            except Exception as err:  # noqa: BLE001 - any failure: keep the data, retry later
+                if _is_permanent(err):
+                    log.warning("MLflow rejected %s for trial %s: %s", batch[0][0], batch[0][1], err)
+                else:
+                    self.retries += 1
+                    with self._cv:
+                        self._ops.extendleft(reversed(batch))
+                        if batch[0][0] == "metrics":
+                            self._points += sum(len(op[2]) for op in batch)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            delay = 0.5
+
+    def _take(self) -> list[tuple]:
+        """Pop the next op; consecutive metric ops of one trial ride together (log_batch takes 1000)."""
+        first = self._ops.popleft()
+        batch = [first]
+        if first[0] == "metrics":
+            self._points -= len(first[2])
+            size = len(first[2])
+            while self._ops and self._ops[0][0] == "metrics" and self._ops[0][1] == first[1]:
+                if size + len(self._ops[0][2]) > 1000:
+                    break
+                op = self._ops.popleft()
+                self._points -= len(op[2])
+                size += len(op[2])
+                batch.append(op)
+        return batch
+
+    def _apply(self, batch: list[tuple]) -> None:
+        kind, trial_id = batch[0][0], batch[0][1]
+        if kind == "start":
+            self._start(*batch[0][1:])
+            return
+        run_id = self.run_ids.get(trial_id)
+        if run_id is None:
+            return  # its start was rejected; nothing to attach to
+        if kind == "metrics":
+            points = [m for op in batch for m in op[2]]
+            self.client.log_batch(run_id, metrics=points)
+            self.written_points += len(points)
+        elif kind == "tags":
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in batch[0][2].items()])
+        elif kind == "end":
+            self.client.set_terminated(run_id, batch[0][2])
+
+    def _start(self, trial_id: str, run_name: str, params: dict, tags: dict) -> None:
+        from mlflow.entities import Param
+
+        # A restored sweep finds its trials' runs again through the trial-id tag: no duplicates.
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "tricksweep.resumed", "true")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=run_name,
+                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **tags},
+            )
+            run_id = run.info.run_id
+            items = [Param(k, _param_value(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i : i + 100])
+        self.run_ids[trial_id] = run_id
+
+
+def _is_permanent(err: Exception) -> bool:
+    """MLflow's 4xx answers (bad value, limits) will not change on retry; connection trouble will."""
+    code = getattr(err, "error_code", "")
+    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST")
+
+
+class MlflowTrials(tune.Callback):
+    """Tune callback: a child run per trial with its active hyperparameters, per-epoch metrics
+    (step = epoch) and a ``tricksweep.status`` tag saying how it ended."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        *,
+        max_epochs: int,
+        asha: bool,
+        time_limit_s: float | None,
+        flush_timeout_s: float = 120.0,
+    ):
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self.asha = asha
+        self.time_limit_s = time_limit_s
+        self.flush_timeout_s = flush_timeout_s
+        self.statuses: dict[str, str] = {}
+        self._writer: _Writer | None = None
+        self._last_epoch: dict[str, int] = {}
+        self._started_at = time.monotonic()
+
+    # Tune pickles callbacks with the experiment state; the writer thread cannot travel.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_writer"] = None
+        return state
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """Trial id -> MLflow child run id, for the trials recorded so far."""
+        return dict(self._writer.run_ids) if self._writer else {}
+
+    @property
+    def writer(self) -> _Writer:
+        if self._writer is None:
+            self._writer = _Writer(self.uri, self.experiment_id, self.parent_run_id)
+        return self._writer
+
+    def setup(self, **info: Any) -> None:
+        self._started_at = time.monotonic()
+        _ = self.writer
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        params = flatten(trial.config)
+        index = trial.trial_id.rsplit("_", 1)[-1]
+        self.writer.submit("start", trial.trial_id, f"trial-{index}", params, {SWEEP_TAG: "child"})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self._last_epoch.get(trial.trial_id, 0):
+            return  # an epoch repeated after a restore from an older checkpoint: already recorded
+        self._last_epoch[trial.trial_id] = epoch
+        now = int(time.time() * 1000)
+        points = [
+            Metric(key, float(value), now, epoch)
+            for key, value in result.items()
+            if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        self.writer.submit("metrics", trial.trial_id, points)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
+        status, tags = end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha, out_of_time=out_of_time)
+        self._finish(trial, status, tags, "FINISHED")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.writer.submit("tags", trial.trial_id, {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "failed", {"tricksweep.error": error_line(trial)}, "FAILED")
+
+    def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:
+        self.statuses[trial.trial_id] = status
+        self.writer.submit("tags", trial.trial_id, {STATUS_TAG: status, **tags})
+        self.writer.submit("end", trial.trial_id, run_status)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        left = self._writer.close(self.flush_timeout_s)
+        if left or self._writer.dropped_points:
+            log.warning(
+                "MLflow: %d operations not written after %.0f s, %d metric points dropped (queue bound)",
+                left, self.flush_timeout_s, self._writer.dropped_points,
+            )
+
+
+def error_line(trial: Any) -> str:
+    """The last line of the trial's error (its exception type and message)."""
+    path = getattr(trial, "error_file", None)
+    text = ""
+    if path and Path(path).exists():
+        text = Path(path).read_text(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown error")[:500]

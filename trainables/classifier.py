@@ -1,0 +1,183 @@
+"""Image classification: the trainable behind every shipped sweep.
+
+    cfg = Config(optimizer={"name": "sgd_momentum", "lr": 0.05}, batch_norm=True)
+    train(cfg, ListReport())
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from trainables.augment import Augment
+from trainables.data import Dataset, Digits
+from trainables.init import He, Init
+from trainables.models import CNN, Model
+from trainables.optim import Adam, Optimizer
+from trainables.options import Strict
+
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
+CHECKPOINT_FILE = "state.pt"
+
+
+class EarlyStopping(Strict):
+    patience: int | None = Field(None, ge=1, description="epochs without improvement before stopping (null = off)")
+    min_delta: float = Field(0.0, ge=0, description="smallest change of `monitor` counted as improvement")
+    monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="validation metric watched")
+
+
+class Config(Strict):
+    data: Dataset = Digits()
+    model: Model = CNN()
+    batch_norm: bool = Field(False, description="batch normalization after every conv / hidden layer")
+    dropout: float = Field(0.0, ge=0, lt=1, description="drop probability before the head (CNN) or after each hidden layer (MLP)")
+    init: Init = He()
+    optimizer: Optimizer = Adam()
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over the epochs")
+    batch_size: int = Field(64, ge=1, le=65536, description="images per optimizer step")
+    normalize: bool = Field(True, description="standardize each input channel with the training set's mean/std")
+    augment: Augment = Augment()
+    early_stopping: EarlyStopping = EarlyStopping()
+    epochs: int = Field(20, ge=1, description="epochs at most (the sweep's budget.max_epochs)")
+    seed: int = Field(0, description="seeds init, shuffling, dropout and augmentation")
+    device: str = Field("cpu", description="torch device; the engine sets the one Ray assigned")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always saves)")
+
+
+def train(cfg: Config, report) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from trainables import augment, data
+
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    split = data.load(cfg.data)
+    x_train = split.x_train.to(device, non_blocking=True)
+    y_train = split.y_train.to(device, non_blocking=True)
+    x_val = split.x_val.to(device).float().div_(255)
+    y_val = split.y_val.to(device)
+    mean = x_train.float().div(255).mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.float().div(255).std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+    def prepare(x):
+        return (x - mean) / std if cfg.normalize else x
+
+    x_val = prepare(x_val)
+    model = cfg.model.build(split.shape, split.classes, cfg.batch_norm, cfg.dropout).to(device)
+    cfg.init.apply(model)
+    optimizer = cfg.optimizer.build(model.parameters())
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        if cfg.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    )
+    stopper = _Patience(cfg.early_stopping)
+    first_epoch = 1
+
+    if (resume_dir := report.restore()) is not None:
+        state = torch.load(os.path.join(resume_dir, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        gen.set_state(state["rng"].to(gen.get_state().device))
+        stopper.best, stopper.bad_epochs = state["best"], state["bad_epochs"]
+        first_epoch = state["epoch"] + 1
+
+    n = len(y_train)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(n, generator=gen, device=device)
+        diverged = False
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            xb = augment.apply(x_train[idx].float().div_(255), cfg.augment, gen)
+            logits = model(prepare(xb))
+            loss = F.cross_entropy(logits, y_train[idx])
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y_train[idx]).sum()
+        schedule.step()
+
+        val_loss, val_accuracy = _evaluate(model, x_val, y_val)
+        metrics = {
+            "train_loss": math.nan if diverged else loss_sum.item() / n,
+            "train_accuracy": math.nan if diverged else correct.item() / n,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - started,
+        }
+        if diverged or not math.isfinite(val_loss):
+            report(epoch=epoch, metrics=metrics, end="diverged")  # weights are garbage: no checkpoint
+            return
+        end = "early_stopped" if stopper.should_stop(metrics) else None
+        if epoch % cfg.checkpoint_every and epoch != cfg.epochs and end is None:
+            report(epoch=epoch, metrics=metrics)
+            continue
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": gen.get_state(),
+                    "best": stopper.best,
+                    "bad_epochs": stopper.bad_epochs,
+                    "epoch": epoch,
+                },
+                os.path.join(ckpt, CHECKPOINT_FILE),
+            )
+            report(epoch=epoch, metrics=metrics, checkpoint=ckpt, end=end)
+        if end:
+            return
+
+
+def _evaluate(model, x, y, batch: int = 2048) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch):
+            logits = model(x[i : i + batch])
+            loss += F.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
+            correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
+    return loss / len(y), correct / len(y)
+
+
+class _Patience:
+    """Stops after `patience` epochs in a row without `min_delta` improvement of `monitor`."""
+
+    def __init__(self, options: EarlyStopping):
+        self.options = options
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def should_stop(self, metrics: dict[str, float]) -> bool:
+        if self.options.patience is None:
+            return False
+        value = metrics[self.options.monitor]
+        sign = 1.0 if self.options.monitor == "val_accuracy" else -1.0
+        if self.best is None or sign * (value - self.best) > self.options.min_delta:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.options.patience

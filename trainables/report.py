@@ -1,0 +1,61 @@
+"""The reporting contract between a trainable and whatever runs it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# How a trainable may end on its own; the engine adds completed / stopped_by_asha / failed.
+END_REASONS = ("early_stopped", "diverged")
+
+
+class Report(Protocol):
+    def __call__(
+        self,
+        *,
+        epoch: int,
+        metrics: dict[str, float],
+        checkpoint: str | None = None,
+        end: str | None = None,
+    ) -> None:
+        """Record one finished epoch (1-based). ``checkpoint`` is a directory the callee may copy
+        before returning; ``end`` is one of END_REASONS on the trainable's last report."""
+
+    def restore(self) -> str | None:
+        """Directory of the last checkpoint to resume from, or None for a fresh start."""
+
+
+@dataclass
+class ListReport:
+    """Collects reports in memory; unit tests call ``train(cfg, ListReport())`` without Ray.
+
+    >>> r = ListReport(); r(epoch=1, metrics={"val_accuracy": 0.5}); r.epochs
+    [1]
+    """
+
+    resume_from: str | None = None
+    records: list[dict] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    _root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="listreport-")))
+
+    def __call__(self, *, epoch, metrics, checkpoint=None, end=None):
+        self.records.append({"epoch": epoch, **metrics, "end": end})
+        if checkpoint is not None:
+            # The trainable deletes its directory after report returns, as it may under Ray.
+            kept = self._root / f"epoch_{epoch:04d}"
+            shutil.copytree(checkpoint, kept, dirs_exist_ok=True)
+            self.checkpoints.append(str(kept))
+
+    def restore(self):
+        return self.resume_from
+
+    @property
+    def epochs(self) -> list[int]:
+        return [r["epoch"] for r in self.records]
+
+    @property
+    def end(self) -> str | None:
+        return self.records[-1]["end"] if self.records else None
