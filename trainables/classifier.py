@@ -47,6 +47,9 @@ class Config(Strict):
     seed: int = Field(0, description="seeds init, shuffling, dropout and augmentation")
     device: str = Field("cpu", description="torch device; the engine sets the one Ray assigned")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always saves)")
+    diverge_factor: float = Field(
+        1e3, gt=1, description="a batch loss above this multiple of the trial's first batch loss (or NaN/inf) ends it as diverged"
+    )
 
 
 def train(cfg: Config, report) -> None:
@@ -92,11 +95,12 @@ def train(cfg: Config, report) -> None:
         first_epoch = state["epoch"] + 1
 
     n = len(y_train)
+    loss_limit = math.inf
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         model.train()
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = 0.0
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(n, generator=gen, device=device)
         diverged = False
@@ -105,19 +109,22 @@ def train(cfg: Config, report) -> None:
             xb = augment.apply(x_train[idx].float().div_(255), cfg.augment, gen)
             logits = model(prepare(xb))
             loss = F.cross_entropy(logits, y_train[idx])
-            if not torch.isfinite(loss):
+            value = loss.item()
+            if loss_limit == math.inf:
+                loss_limit = value * cfg.diverge_factor
+            if not value <= loss_limit:  # also catches NaN
                 diverged = True
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += value * len(idx)
             correct += (logits.argmax(1) == y_train[idx]).sum()
         schedule.step()
 
         val_loss, val_accuracy = _evaluate(model, x_val, y_val)
         metrics = {
-            "train_loss": math.nan if diverged else loss_sum.item() / n,
+            "train_loss": math.nan if diverged else loss_sum / n,
             "train_accuracy": math.nan if diverged else correct.item() / n,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,

@@ -38,7 +38,7 @@ SEED_RANGE = 2**31 - 1
 class TrialContext:
     """What every trial needs besides its sampled config; shipped once via ``with_parameters``."""
 
-    trainable: str
+    module: str  # the trainable's import path, resolved on the driver (workers need no registry)
     fixed: dict[str, Any]  # dataset, epochs, checkpoint cadence: the same for every trial
     cpus: float
     gpus: float
@@ -60,12 +60,12 @@ class TuneReport:
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune's function trainable: validate the sampled config and hand it to the trainable."""
+    import importlib
+
     import torch
 
-    from trainables import load
-
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
-    module = load(ctx.trainable)
+    module = importlib.import_module(ctx.module)
     device = "cuda" if ctx.gpus > 0 else "cpu"
     cfg = module.Config.model_validate({**config, **ctx.fixed, "device": device})
     module.train(cfg, TuneReport())
@@ -186,8 +186,10 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from trainables import TRAINABLES
+
     ctx = TrialContext(
-        trainable=spec.trainable,
+        module=TRAINABLES[spec.trainable],
         fixed={"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs},
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
