@@ -72,7 +72,7 @@ def leaderboard_table(rows: list[Row], metric: str, top: int = 10):
     table.add_column("#", justify="right")
     table.add_column("trial")
     table.add_column(metric, justify="right")
-    table.add_column("epoch", justify="right")
+    table.add_column("best/epochs", justify="right")
     table.add_column("status")
     table.add_column("settings")
     for rank, row in enumerate(rows[:top], 1):
