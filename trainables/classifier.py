@@ -84,6 +84,7 @@ def train(cfg: Config, report) -> None:
     )
     stopper = _Patience(cfg.early_stopping)
     first_epoch = 1
+    loss_limit = math.inf  # set from the first batch's loss
 
     if (resume_dir := report.restore()) is not None:
         state = torch.load(os.path.join(resume_dir, CHECKPOINT_FILE), map_location=device, weights_only=True)
@@ -91,11 +92,14 @@ def train(cfg: Config, report) -> None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         gen.set_state(state["rng"].to(gen.get_state().device))
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from torch's global generator
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         stopper.best, stopper.bad_epochs = state["best"], state["bad_epochs"]
+        loss_limit = state["loss_limit"]
         first_epoch = state["epoch"] + 1
 
     n = len(y_train)
-    loss_limit = math.inf
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -145,6 +149,9 @@ def train(cfg: Config, report) -> None:
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(),
                     "rng": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
+                    "loss_limit": loss_limit,
                     "best": stopper.best,
                     "bad_epochs": stopper.bad_epochs,
                     "epoch": epoch,

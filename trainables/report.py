@@ -39,13 +39,13 @@ class ListReport:
     resume_from: str | None = None
     records: list[dict] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
-    _root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="listreport-")))
+    _tmp: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="listreport-"))
 
     def __call__(self, *, epoch, metrics, checkpoint=None, end=None):
         self.records.append({"epoch": epoch, **metrics, "end": end})
         if checkpoint is not None:
             # The trainable deletes its directory after report returns, as it may under Ray.
-            kept = self._root / f"epoch_{epoch:04d}"
+            kept = Path(self._tmp.name) / f"epoch_{epoch:04d}"
             shutil.copytree(checkpoint, kept, dirs_exist_ok=True)
             self.checkpoints.append(str(kept))
 
