@@ -1,0 +1,60 @@
+"""The CLI as a user meets it: run from a folder with no flags, default MLflow store, printed summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT
+from tricksweep.cli import asha_expected_epochs, asha_rungs, main
+from tricksweep.tracking import resolve_tracking_uri
+
+
+def test_run_smoke_from_a_users_folder(ray_local, in_tmp: Path, capsys):
+    assert main(["run", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "top 2 of 2 trials by val_accuracy" in out
+    assert "best val_accuracy:" in out
+    assert f"sqlite:///{in_tmp / 'mlflow.db'}" in out and "tricksweep ui" in out
+    # Defaults land in the current folder, as absolute paths.
+    assert (in_tmp / "mlflow.db").exists() and (in_tmp / "runs").is_dir()
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment.artifact_location == (in_tmp / "mlruns" / "quickstart").as_uri()
+    assert len(client.search_runs([experiment.experiment_id])) == 3  # parent + 2 trials
+
+
+def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, None, cwd=tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert resolve_tracking_uri(None, None, cwd=tmp_path) == "http://127.0.0.1:5001"
+    assert resolve_tracking_uri(None, "sqlite:///spec.db", cwd=tmp_path) == f"sqlite:///{tmp_path / 'spec.db'}"
+    assert resolve_tracking_uri("http://flag:5000", "sqlite:///spec.db", cwd=tmp_path) == "http://flag:5000"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", None, cwd=tmp_path) == "sqlite:////abs/x.db"
+
+
+def test_validate_prints_space_trials_and_budget(capsys):
+    assert main(["validate", str(ROOT / "sweeps" / "quickstart.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "valid sweep 'quickstart'" in out
+    assert "optimizer: choice of 5 blocks" in out and "momentum: uniform [0.8, 0.99]" in out
+    assert "trials: 32 (random searcher)" in out
+    assert "at most 960 epochs (32 trials x 30)" in out and "rungs at epochs [2, 6, 18]" in out
+
+
+def test_asha_budget_arithmetic():
+    assert asha_rungs(30, 2, 3) == [2, 6, 18]
+    assert asha_rungs(6, 1, 2) == [1, 2, 4]
+    # 9 trials, rungs 1 and 3 of 9 epochs, factor 3: 9x1 + 3x2 + 1x6
+    assert asha_expected_epochs(9, 9, 1, 3) == 9 + 6 + 6
+
+
+def test_ls_lists_trainables_fragments_and_sweeps(monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in ("classifier", "augmentation", "init", "optimizer", "regularization", "sweeps/quickstart.yaml"):
+        assert name in out
