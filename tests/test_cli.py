@@ -48,6 +48,8 @@ def test_validate_prints_space_trials_and_budget(capsys):
 def test_asha_budget_arithmetic():
     assert asha_rungs(30, 2, 3) == [2, 6, 18]
     assert asha_rungs(6, 1, 2) == [1, 2, 4]
+    assert asha_rungs(10, 1, 2.5) == [1, 3, 7]  # Ray stops at the first whole epoch past 2.5 and 6.25
+    assert asha_rungs(27, 1, 3) == [1, 3, 9]  # the milestone at 27 = max_epochs stops nothing
     # 9 trials, rungs 1 and 3 of 9 epochs, factor 3: 9x1 + 3x2 + 1x6
     assert asha_expected_epochs(9, 9, 1, 3) == 9 + 6 + 6
 
@@ -58,3 +60,30 @@ def test_ls_lists_trainables_fragments_and_sweeps(monkeypatch: pytest.MonkeyPatc
     out = capsys.readouterr().out
     for name in ("classifier", "augmentation", "init", "optimizer", "regularization", "sweeps/quickstart.yaml"):
         assert name in out
+
+
+def test_error_line_is_the_exception_not_a_trailing_help_link(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from tricksweep.tracking import error_line
+
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for Config\n"
+        "dropout\n  Input should be less than 1\n"
+        "    For further information visit https://errors.pydantic.dev/2.14/v/less_than\n"
+    )
+    line = error_line(SimpleNamespace(error_file=str(error_file)))
+    assert line == "pydantic_core._pydantic_core.ValidationError: 1 validation error for Config"
+
+
+def test_a_sweep_whose_experiment_was_deleted_in_the_ui_records_again(tracking_uri: str):
+    from tricksweep.tracking import SweepRun
+
+    client = MlflowClient(tracking_uri)
+    client.delete_experiment(client.create_experiment("gone"))
+    sweep = SweepRun(tracking_uri, "gone")
+    sweep.start("gone-1", {"a": 1}, {})
+    assert client.get_experiment(sweep.experiment_id).lifecycle_stage == "active"
+    assert client.get_run(sweep.run_id).data.params == {"a": "1"}

@@ -87,11 +87,12 @@ def train(cfg: Config, report) -> None:
     loss_limit = math.inf  # set from the first batch's loss
 
     if (resume_dir := report.restore()) is not None:
-        state = torch.load(os.path.join(resume_dir, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device.
+        state = torch.load(os.path.join(resume_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        gen.set_state(state["rng"].to(gen.get_state().device))
+        gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])  # dropout draws from torch's global generator
         if device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -84,11 +85,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def asha_rungs(max_epochs: int, grace: int, factor: float) -> list[int]:
-    rungs, t = [], float(grace)
-    while t < max_epochs:
-        rungs.append(int(t))
-        t *= factor
-    return rungs
+    """Epochs at which ASHA can stop a trial: Ray's milestones grace * factor**k, reached at the
+    first whole epoch >= each (a milestone at max_epochs stops nothing: the trial is done)."""
+    count = int(math.log(max_epochs / grace) / math.log(factor) + 1)  # Ray's MAX_RUNGS
+    return sorted({e for k in range(count) if (e := math.ceil(grace * factor**k)) < max_epochs})
 
 
 def asha_expected_epochs(trials: int, max_epochs: int, grace: int, factor: float) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tricksweep.space import flatten
-from tricksweep.tracking import end_status
+from tricksweep.tracking import end_status, trial_name
 
 
 @dataclass
@@ -79,7 +79,7 @@ def leaderboard_table(rows: list[Row], metric: str, top: int = 10):
         params = row.params
         settings = " ".join(f"{_short_key(k)}={_fmt(params[k])}" for k in keys if k in params)
         value = "-" if row.value is None else f"{row.value:.4f}"
-        table.add_row(str(rank), row.trial_id.rsplit("_", 1)[-1], value, f"{row.best_epoch}/{row.epochs}", row.status, settings)
+        table.add_row(str(rank), trial_name(row.trial_id), value, f"{row.best_epoch}/{row.epochs}", row.status, settings)
     return table
 
 

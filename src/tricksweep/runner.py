@@ -26,9 +26,11 @@ from tricksweep.tracking import (
     MlflowTrials,
     SweepRun,
     end_status,
+    error_line,
     git_sha,
     resolve_tracking_uri,
     spec_params,
+    trial_name,
 )
 
 SEED_RANGE = 2**31 - 1
@@ -149,16 +151,16 @@ def run_sweep(
     echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points} trials x <= {spec.budget.max_epochs} epochs, "
          f"MLflow run {parent_id} at {uri}")
 
-    owns_ray = ensure_ray(address)
     asha = isinstance(spec.scheduler, Asha)
     tracker = MlflowTrials(
         uri, sweep.experiment_id, parent_id,
         max_epochs=spec.budget.max_epochs, asha=asha, time_limit_s=spec.budget.time_limit_s,
     )
-    progress = Progress(spec.metric, spec.mode, tracker.statuses, echo)
-    tuner = build_tuner(loaded, spec, storage_path, run_name, [tracker, progress])
-    status = "failed"
-    try:
+    status, owns_ray = "failed", False
+    try:  # from here on the parent run must not be left RUNNING, whatever fails
+        owns_ray = ensure_ray(address)
+        progress = Progress(spec.metric, spec.mode, tracker.statuses, echo)
+        tuner = build_tuner(loaded, spec, storage_path, run_name, [tracker, progress])
         grid = tuner.fit()
         status = "completed"
     finally:
@@ -259,7 +261,7 @@ class Progress(tune.Callback):
         self.echo(f"  {_short(trial)} {status} at epoch {last.get('epoch', 0)}: {self.metric} {shown}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.echo(f"  {_short(trial)} failed: {self.statuses.get(trial.trial_id, 'error')}")
+        self.echo(f"  {_short(trial)} failed: {error_line(trial)}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -277,7 +279,7 @@ class Progress(tune.Callback):
 
 
 def _short(trial: Any) -> str:
-    return f"trial-{trial.trial_id.rsplit('_', 1)[-1]}"
+    return trial_name(trial.trial_id)
 
 
 def _storage_path(value: str | None) -> str:

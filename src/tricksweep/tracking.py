@@ -11,6 +11,7 @@ import collections
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -89,6 +90,9 @@ class SweepRun:
         self.experiment_name = experiment
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage == "deleted":
+            # Deleted in the UI but still in the store (names stay taken): bring it back.
+            self.client.restore_experiment(found.experiment_id)
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
@@ -157,9 +161,6 @@ class _Writer:
     """
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_points: int = 500_000):
-        # Our own retry loop replaces MLflow's (up to minutes per call), so a call fails fast.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -174,6 +175,8 @@ class _Writer:
         self._points = 0
         self._cv = threading.Condition()
         self._closing = False
+        self._abandoned = False  # close() gave up waiting: drop whatever is still in flight
+        self._in_flight = 0
         self._thread = threading.Thread(target=self._loop, name="tricksweep-mlflow", daemon=True)
         self._thread.start()
 
@@ -202,9 +205,10 @@ class _Writer:
             self._cv.notify()
         self._thread.join(timeout)
         with self._cv:
-            self._closing = True
-            left = len(self._ops)
-            self._ops.clear()  # a daemon thread left with work stops at the next empty check
+            self._abandoned = True
+            left = len(self._ops) + self._in_flight
+            self._ops.clear()
+            self._cv.notify()
         return left
 
     def _loop(self) -> None:
@@ -213,23 +217,29 @@ class _Writer:
             with self._cv:
                 while not self._ops and not self._closing:
                     self._cv.wait()
-                if not self._ops:
+                if not self._ops or self._abandoned:
                     return
                 batch = self._take()
+                self._in_flight = 1
             try:
                 self._apply(batch)
             except Exception as err:  # noqa: BLE001 - any failure: keep the data, retry later
-                if _is_permanent(err):
+                if not _is_transient(err):
                     log.warning("MLflow rejected %s for trial %s: %s", batch[0][0], batch[0][1], err)
                 else:
                     self.retries += 1
                     with self._cv:
+                        self._in_flight = 0
+                        if self._abandoned:
+                            return
                         self._ops.extendleft(reversed(batch))
                         if batch[0][0] == "metrics":
                             self._points += sum(len(op[2]) for op in batch)
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
+            with self._cv:
+                self._in_flight = 0
             delay = 0.5
 
     def _take(self) -> list[tuple]:
@@ -278,8 +288,9 @@ class _Writer:
         )
         if existing:
             run_id = existing[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "tricksweep.resumed", "true")
+            if existing[0].info.status != "RUNNING":  # a finished run started again: a resumed sweep
+                self.client.update_run(run_id, status="RUNNING")
+                self.client.set_tag(run_id, "tricksweep.resumed", "true")
         else:
             run = self.client.create_run(
                 self.experiment_id,
@@ -287,16 +298,23 @@ class _Writer:
                 tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **tags},
             )
             run_id = run.info.run_id
-            items = [Param(k, _param_value(v)) for k, v in params.items()]
-            for i in range(0, len(items), 100):
-                self.client.log_batch(run_id, params=items[i : i + 100])
         self.run_ids[trial_id] = run_id
+        # Logged in both branches: a retry after a half-done start must not lose them (same values are accepted).
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
 
-def _is_permanent(err: Exception) -> bool:
-    """MLflow's 4xx answers (bad value, limits) will not change on retry; connection trouble will."""
-    code = getattr(err, "error_code", "")
-    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST")
+def _is_transient(err: Exception) -> bool:
+    """Connection trouble and server-side errors may pass; MLflow's answers about the request
+    itself (bad value, deleted run, no permission) will not change on retry."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+    return isinstance(err, (OSError, ConnectionError, TimeoutError)) or type(err).__module__.startswith(
+        ("requests", "urllib3", "sqlalchemy")
+    )
 
 
 class MlflowTrials(tune.Callback):
@@ -323,6 +341,7 @@ class MlflowTrials(tune.Callback):
         self.flush_timeout_s = flush_timeout_s
         self.statuses: dict[str, str] = {}
         self._writer: _Writer | None = None
+        self._closed = False
         self._last_epoch: dict[str, int] = {}
         self._started_at = time.monotonic()
 
@@ -330,6 +349,8 @@ class MlflowTrials(tune.Callback):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_writer"] = None
+        # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
+        state["_elapsed_s"] = time.monotonic() - self._started_at
         return state
 
     @property
@@ -344,13 +365,12 @@ class MlflowTrials(tune.Callback):
         return self._writer
 
     def setup(self, **info: Any) -> None:
-        self._started_at = time.monotonic()
+        self._started_at = time.monotonic() - getattr(self, "_elapsed_s", 0.0)
         _ = self.writer
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = flatten(trial.config)
-        index = trial.trial_id.rsplit("_", 1)[-1]
-        self.writer.submit("start", trial.trial_id, f"trial-{index}", params, {SWEEP_TAG: "child"})
+        self.writer.submit("start", trial.trial_id, trial_name(trial.trial_id), params, {SWEEP_TAG: "child"})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
@@ -387,8 +407,10 @@ class MlflowTrials(tune.Callback):
         self.close()
 
     def close(self) -> None:
-        if self._writer is None:
+        """Drain the writer (at most ``flush_timeout_s``); later calls do nothing."""
+        if self._writer is None or self._closed:
             return
+        self._closed = True
         left = self._writer.close(self.flush_timeout_s)
         if left or self._writer.dropped_points:
             log.warning(
@@ -397,11 +419,19 @@ class MlflowTrials(tune.Callback):
             )
 
 
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*")
+
+
 def error_line(trial: Any) -> str:
-    """The last line of the trial's error (its exception type and message)."""
+    """The trial's exception as one line (``RuntimeError: ...``): the last line naming an
+    exception, since messages such as pydantic's end with a help link."""
     path = getattr(trial, "error_file", None)
-    text = ""
-    if path and Path(path).exists():
-        text = Path(path).read_text(errors="replace")
+    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if lines else "unknown error")[:500]
+    named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (named or lines or ["unknown error"])[-1][:500]
+
+
+def trial_name(trial_id: str) -> str:
+    """``"a1b2c_00003"`` -> ``"trial-00003"``: the run name in MLflow and on the console."""
+    return f"trial-{trial_id.rsplit('_', 1)[-1]}"
