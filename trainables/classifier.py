@@ -12,11 +12,11 @@ import tempfile
 import time
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from trainables.augment import Augment
 from trainables.data import Dataset, Digits
-from trainables.init import He, Init
+from trainables.init import He, Init, Pretrained, pretrained_only
 from trainables.models import CNN, Model
 from trainables.optim import Adam, Optimizer
 from trainables.options import Strict
@@ -51,12 +51,23 @@ class Config(Strict):
         1e3, gt=1, description="a batch loss above this multiple of the trial's first batch loss (or NaN/inf) ends it as diverged"
     )
 
+    _pretrained_only = field_validator("init", mode="before")(pretrained_only)
+
+    @field_validator("init")
+    @classmethod
+    def _pretrained_fits_model(cls, init: Init, info: ValidationInfo) -> Init:
+        # Fields validate in order: data, model, batch_norm and dropout are known here.
+        if isinstance(init, Pretrained) and {"data", "model", "batch_norm", "dropout"} <= info.data.keys():
+            init.check(info.data["model"], info.data["data"], info.data["batch_norm"], info.data["dropout"])
+        return init
+
 
 def train(cfg: Config, report) -> None:
     import torch
     import torch.nn.functional as F
 
     from trainables import augment, data
+    from trainables.init import train_mode
 
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -76,7 +87,7 @@ def train(cfg: Config, report) -> None:
     x_val = prepare(x_val)
     model = cfg.model.build(split.shape, split.classes, cfg.batch_norm, cfg.dropout).to(device)
     cfg.init.apply(model)
-    optimizer = cfg.optimizer.build(model.parameters())
+    optimizer = cfg.optimizer.build([p for p in model.parameters() if p.requires_grad])  # frozen layers: none
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         if cfg.lr_schedule == "cosine"
@@ -99,12 +110,16 @@ def train(cfg: Config, report) -> None:
         stopper.best, stopper.bad_epochs = state["best"], state["bad_epochs"]
         loss_limit = state["loss_limit"]
         first_epoch = state["epoch"] + 1
+        if state["end"] or first_epoch > cfg.epochs:
+            # Restored after the trial had already ended: say so again rather than train on.
+            report(epoch=state["epoch"], metrics=state["metrics"], end=state["end"])
+            return
 
     n = len(y_train)
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        model.train()
+        train_mode(model)  # frozen batch norms stay in eval mode
         loss_sum = 0.0
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(n, generator=gen, device=device)
@@ -153,6 +168,8 @@ def train(cfg: Config, report) -> None:
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
                     "loss_limit": loss_limit,
+                    "metrics": metrics,
+                    "end": end,
                     "best": stopper.best,
                     "bad_epochs": stopper.bad_epochs,
                     "epoch": epoch,

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("resume", help="finish the latest run of a sweep after its driver or cluster died")
+    p.add_argument("name", help="the sweep's name (its MLflow experiment)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
+    p.add_argument("--address", help="Ray address to attach to; default: local Ray")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("ls", help="list trainables, search-space fragments and sweeps")
     p.set_defaults(func=cmd_ls)
 
@@ -104,24 +111,45 @@ def asha_expected_epochs(trials: int, max_epochs: int, grace: int, factor: float
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from tricksweep.report import leaderboard_table
-    from tricksweep.runner import run_sweep
+    from tricksweep.runner import check_address, run_sweep
     from tricksweep.spec import load_spec
 
     loaded = load_spec(args.spec)  # all validation before Ray or MLflow start
-    import mlflow  # noqa: F401 - configures its loggers on import; quiet them after
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
-    # Piped output (CI logs, files) gets a wide table rather than rich's 80-column default.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    check_address(args.address)
+    console = _console()
     outcome = run_sweep(
         loaded, smoke_test=args.smoke, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
         echo=lambda line: console.print(line, markup=False),
     )
+    return _summary(console, outcome, args.top)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tricksweep.runner import check_address, resume_sweep
+
+    check_address(args.address)
+    console = _console()
+    outcome = resume_sweep(
+        args.name, tracking_uri=args.tracking_uri, address=args.address, echo=lambda line: console.print(line, markup=False)
+    )
+    return _summary(console, outcome, args.top)
+
+
+def _console():
+    from rich.console import Console
+
+    import mlflow  # noqa: F401 - configures its loggers on import; quiet them after
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
+    # Piped output (CI logs, files) gets a wide table rather than rich's 80-column default.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _summary(console, outcome, top: int) -> int:
+    from tricksweep.report import leaderboard_table
+
     console.print()
-    console.print(leaderboard_table(outcome.rows, outcome.metric, args.top))
+    console.print(leaderboard_table(outcome.rows, outcome.metric, top))
     counts: dict[str, int] = {}
     for row in outcome.rows:
         counts[row.status] = counts.get(row.status, 0) + 1

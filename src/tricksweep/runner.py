@@ -20,7 +20,8 @@ from ray import tune
 from tricksweep import __version__
 from tricksweep import space as dsl
 from tricksweep.report import Row, leaderboard, leaderboard_table, write_leaderboard_csv
-from tricksweep.spec import Asha, LoadedSpec, SweepSpec
+from tricksweep.errors import SpecError
+from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
 from tricksweep.tracking import (
     SWEEP_TAG,
     MlflowTrials,
@@ -109,6 +110,46 @@ def param_space(loaded: LoadedSpec) -> dict[str, Any]:
     return compiled
 
 
+def check_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, with one line, when ``--address`` names no reachable Ray cluster
+    (``ray.init`` would otherwise keep retrying for a minute or more)."""
+    import socket
+
+    if address in (None, "local"):
+        return
+    if address == "auto":
+        from ray._private.services import find_gcs_addresses
+
+        if not find_gcs_addresses():
+            raise SpecError("--address auto: no Ray cluster runs on this machine; start one with `ray start --head`")
+        return
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"--address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default) or 'auto'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise SpecError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}) within {timeout_s:g} s") from None
+    if address.startswith("ray://"):
+        return  # Ray Client speaks its own protocol; the port answering is all we can check cheaply
+    # Something answers; one GCS handshake tells whether it is Ray (ray.init would retry for a minute).
+    from ray._raylet import GcsClient
+
+    saved_stderr = os.dup(2)  # Ray's C++ client logs its failed handshake straight to fd 2
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        GcsClient(address=target).cluster_id  # noqa: B018 - the call is the check
+    except Exception as err:  # noqa: BLE001 - any failure means no usable GCS there
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"--address {address}: not a Ray cluster's GCS port ({reason})") from None
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
 def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
     """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
     import ray
@@ -137,34 +178,80 @@ def run_sweep(
     storage: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> SweepOutcome:
+    """Run a validated spec as a new sweep: a new Tune experiment and a new MLflow parent run."""
     spec = smoke(loaded.spec) if smoke_test else loaded.spec
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress replaces Tune's tables and banners
+    _quiet_tune()
     started = time.monotonic()
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri)
     storage_path = _storage_path(storage or spec.storage)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     sweep = SweepRun(uri, spec.tracking.experiment or spec.name)
-    parent_id = sweep.start(run_name, spec_params(spec.model_dump(mode="json"), loaded.raw_space), _parent_tags(loaded, spec, smoke_test, storage_path, run_name))
+    parent_id = sweep.start(
+        run_name,
+        spec_params(spec.model_dump(mode="json"), loaded.raw_space),
+        _parent_tags(loaded, spec, smoke_test, storage_path, run_name),
+    )
     _log_spec_files(sweep, loaded, spec)
     echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points} trials x <= {spec.budget.max_epochs} epochs, "
          f"MLflow run {parent_id} at {uri}")
-
-    asha = isinstance(spec.scheduler, Asha)
     tracker = MlflowTrials(
         uri, sweep.experiment_id, parent_id,
-        max_epochs=spec.budget.max_epochs, asha=asha, time_limit_s=spec.budget.time_limit_s,
+        max_epochs=spec.budget.max_epochs, asha=isinstance(spec.scheduler, Asha), time_limit_s=spec.budget.time_limit_s,
     )
-    status, owns_ray = "failed", False
+    progress = Progress(spec.metric, spec.mode, tracker.statuses, echo)
+    return _fit_and_record(
+        lambda: build_tuner(loaded, spec, storage_path, run_name, [tracker, progress]), spec, sweep, address, started
+    )
+
+
+def resume_sweep(
+    name: str, *, tracking_uri: str | None = None, address: str | None = None, echo: Callable[[str], None] = print
+) -> SweepOutcome:
+    """Finish the latest run of sweep ``name`` after its driver died or its cluster restarted.
+
+    Tune restores its experiment from the storage path recorded on the MLflow parent run
+    (unpickling it: only resume from your own storage); unfinished and errored trials continue
+    from their last checkpoints, and every trial keeps its child run under the same parent.
+    """
+    _quiet_tune()
+    started = time.monotonic()
+    uri = resolve_tracking_uri(tracking_uri, None)
+    sweep = SweepRun.latest(uri, name)
+    tags = sweep.client.get_run(sweep.run_id).data.tags
+    path = tags.get("tricksweep.storage_path", "")
+    if not path or not tune.Tuner.can_restore(path):
+        raise SpecError(f"resume {name}: no Tune experiment state at {path or '(no storage_path tag)'}; nothing to resume")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file = sweep.client.download_artifacts(sweep.run_id, "spec/resolved_spec.yaml", tmp)
+        loaded = load_spec(spec_file)
+    spec = smoke(loaded.spec) if tags.get("tricksweep.smoke") == "true" else loaded.spec
+    sweep.reopen()
+    echo(f"resuming sweep {name}: MLflow run {sweep.run_id}, Tune experiment {path}")
+
+    def restore() -> tune.Tuner:
+        tuner = tune.Tuner.restore(path, trainable=trial_trainable(spec), resume_unfinished=True, resume_errored=True)
+        for callback in _callbacks(tuner):
+            if isinstance(callback, Progress):
+                callback.echo = echo  # not pickled: the console belongs to this process
+        return tuner
+
+    return _fit_and_record(restore, spec, sweep, address, started)
+
+
+def _fit_and_record(
+    make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, sweep: SweepRun, address: str | None, started: float
+) -> SweepOutcome:
+    status, owns_ray, tracker = "failed", False, None
     try:  # from here on the parent run must not be left RUNNING, whatever fails
         owns_ray = ensure_ray(address)
-        progress = Progress(spec.metric, spec.mode, tracker.statuses, echo)
-        tuner = build_tuner(loaded, spec, storage_path, run_name, [tracker, progress])
+        tuner = make_tuner()
+        tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
         grid = tuner.fit()
         status = "completed"
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
         if status != "completed":
             sweep.finish("failed", {"tricksweep.error": "the sweep driver stopped before Tune finished"})
         if owns_ray:
@@ -172,22 +259,34 @@ def run_sweep(
 
             ray.shutdown()
 
+    asha = isinstance(spec.scheduler, Asha)
     rows = leaderboard(grid, spec.metric, spec.mode, tracker.statuses, spec.budget.max_epochs, asha)
     if rows and all(r.status == "failed" for r in rows):
         status = "failed"
-    _finish_parent(sweep, grid, rows, spec, status, tracker.run_ids)
+    _finish_parent(sweep, grid, rows, spec, status)
     return SweepOutcome(
-        name=spec.name, tracking_uri=uri, experiment_id=sweep.experiment_id, parent_run_id=parent_id,
+        name=spec.name, tracking_uri=sweep.uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id,
         ui_url=sweep.ui_url(), experiment_path=grid.experiment_path, rows=rows,
         wall_s=time.monotonic() - started, errors=grid.num_errors, metric=spec.metric, mode=spec.mode,
         statuses=dict(tracker.statuses),
     )
 
 
-def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+def _callbacks(tuner: tune.Tuner) -> list:
+    # Tuner has no public accessor for its run config; after Tuner.restore this is the only way
+    # to reach the callbacks it unpickled.
+    return list(tuner._local_tuner.get_run_config().callbacks or [])
 
+
+def _quiet_tune() -> None:
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress replaces Tune's tables and banners
+    # Snapshot the experiment state often: a driver killed between snapshots loses that much bookkeeping.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+
+def trial_trainable(spec: SweepSpec) -> Any:
+    """``run_trial`` with the spec's fixed inputs and per-trial resources attached."""
     from trainables import TRAINABLES
 
     ctx = TrialContext(
@@ -196,9 +295,14 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    )
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
     scheduler = None
     if isinstance(spec.scheduler, Asha):
         scheduler = ASHAScheduler(
@@ -208,7 +312,7 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
             reduction_factor=spec.scheduler.reduction_factor,
         )
     return tune.Tuner(
-        trainable,
+        trial_trainable(spec),
         param_space=param_space(loaded),
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -323,9 +427,7 @@ def _log_spec_files(sweep: SweepRun, loaded: LoadedSpec, spec: SweepSpec) -> Non
         sweep.log_artifact(path, "spec/search_spaces")
 
 
-def _finish_parent(
-    sweep: SweepRun, grid: Any, rows: list[Row], spec: SweepSpec, status: str, run_ids: dict[str, str]
-) -> None:
+def _finish_parent(sweep: SweepRun, grid: Any, rows: list[Row], spec: SweepSpec, status: str) -> None:
     from mlflow.entities import Metric
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,8 +439,8 @@ def _finish_parent(
         if best is not None and best.value is not None:
             sweep.client.log_batch(sweep.run_id, metrics=[Metric(f"best_{spec.metric}", best.value, int(time.time() * 1000), 0)])
             tags["tricksweep.best_trial"] = best.trial_id
-            if best.trial_id in run_ids:
-                tags["tricksweep.best_run_id"] = run_ids[best.trial_id]
+            if best_run_id := sweep.child_run_id(best.trial_id):
+                tags["tricksweep.best_run_id"] = best_run_id
             checkpoint = _best_checkpoint(grid, best.trial_id, spec.metric, spec.mode)
             if checkpoint is not None:
                 with checkpoint.as_directory() as ckpt_dir:

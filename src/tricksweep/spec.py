@@ -42,6 +42,7 @@ class NoScheduler(Strict):
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs per trial; also the trial's torch threads")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU")
+    custom: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per trial, e.g. {spot: 1}")
 
 
 class Tracking(Strict):

@@ -20,6 +20,7 @@ from typing import Any
 
 from ray import tune
 
+from tricksweep.errors import SpecError, did_you_mean
 from tricksweep.space import flatten, is_domain
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,47 @@ class SweepRun:
             return (db.parent / "mlruns" / self.experiment_name).as_uri()
         return None
 
+    @classmethod
+    def latest(cls, uri: str, name: str) -> SweepRun:
+        """The most recent parent run of sweep ``name``; SpecError listing the sweeps found if none."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(name)
+        parents = []
+        if experiment is not None:
+            parents = client.search_runs(
+                [experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'",
+                order_by=["attributes.start_time DESC"], max_results=1,
+            )
+        if not parents:
+            found = [
+                e.name for e in client.search_experiments()
+                if client.search_runs([e.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'", max_results=1)
+            ]
+            if not found:
+                raise SpecError(f"sweep = {name!r}: no sweeps recorded in {uri}; check --tracking-uri or MLFLOW_TRACKING_URI")
+            raise SpecError(
+                f"sweep = {name!r}: no sweep of that name in {uri}{did_you_mean(name, found)}; sweeps found: {', '.join(sorted(found))}"
+            )
+        sweep = cls(uri, name)
+        sweep.run_id = parents[0].info.run_id
+        return sweep
+
+    def reopen(self) -> None:
+        """Mark a resumed parent run as running again and count the resumes."""
+        tags = self.client.get_run(self.run_id).data.tags
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, "tricksweep.resumes", str(int(tags.get("tricksweep.resumes", "0")) + 1))
+
+    def child_run_id(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         from mlflow.entities import Param
 
@@ -168,6 +210,7 @@ class _Writer:
         self.parent_run_id = parent_run_id
         self.max_points = max_points
         self.run_ids: dict[str, str] = {}
+        self.recorded_until: dict[str, int] = {}  # resumed trials: last epoch already in MLflow
         self.dropped_points = 0
         self.written_points = 0
         self.retries = 0
@@ -267,8 +310,10 @@ class _Writer:
         if run_id is None:
             return  # its start was rejected; nothing to attach to
         if kind == "metrics":
-            points = [m for op in batch for m in op[2]]
-            self.client.log_batch(run_id, metrics=points)
+            floor = self.recorded_until.get(trial_id, 0)
+            points = [m for op in batch for m in op[2] if m.step > floor]
+            if points:
+                self.client.log_batch(run_id, metrics=points)
             self.written_points += len(points)
         elif kind == "tags":
             from mlflow.entities import RunTag
@@ -288,6 +333,11 @@ class _Writer:
         )
         if existing:
             run_id = existing[0].info.run_id
+            # Epochs repeated after a restore from an older checkpoint keep their first record.
+            self.recorded_until[trial_id] = max(
+                (m.step for key in existing[0].data.metrics for m in self.client.get_metric_history(run_id, key)),
+                default=0,
+            )
             if existing[0].info.status != "RUNNING":  # a finished run started again: a resumed sweep
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.set_tag(run_id, "tricksweep.resumed", "true")
@@ -352,11 +402,6 @@ class MlflowTrials(tune.Callback):
         # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
         state["_elapsed_s"] = time.monotonic() - self._started_at
         return state
-
-    @property
-    def run_ids(self) -> dict[str, str]:
-        """Trial id -> MLflow child run id, for the trials recorded so far."""
-        return dict(self._writer.run_ids) if self._writer else {}
 
     @property
     def writer(self) -> _Writer:
