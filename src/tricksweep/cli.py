@@ -57,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     p.set_defaults(func=cmd_resume)
 
+    p = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (its dashboard address)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://127.0.0.1:8265")
+    p.add_argument("--smoke", action="store_true", help="2 trials x 2 epochs")
+    p.add_argument("--tracking-uri", help="MLflow URI as seen from the cluster (default: the spec's, else the head's env)")
+    p.add_argument("--storage", help="Tune storage path shared by all nodes (overrides the spec)")
+    p.set_defaults(func=cmd_submit)
+
+    for name, helptext in (("status", "a job's state"), ("logs", "a job's output"), ("stop", "stop a job")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("job_id")
+        p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://127.0.0.1:8265")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends")
+        p.set_defaults(func={"status": cmd_status, "logs": cmd_logs, "stop": cmd_stop}[name])
+
     p = sub.add_parser("ls", help="list trainables, search-space fragments and sweeps")
     p.set_defaults(func=cmd_ls)
 
@@ -163,6 +179,42 @@ def _summary(console, outcome, top: int) -> int:
     console.print(f"  open it:  tricksweep ui   (or: mlflow ui --backend-store-uri {outcome.tracking_uri})  then {outcome.ui_url}", markup=False)
     console.print(f"Tune results: {outcome.experiment_path}", markup=False)
     return 1 if outcome.rows and all(r.status == "failed" for r in outcome.rows) else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from tricksweep import jobs
+
+    job_id = jobs.submit(args.spec, args.address, smoke=args.smoke, tracking_uri=args.tracking_uri, storage=args.storage)
+    print(job_id)
+    print(f"follow it:  tricksweep logs {job_id} --address {args.address} --follow", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tricksweep import jobs
+
+    job = jobs.info(args.job_id, args.address)
+    print(f"{args.job_id}: {job.status}" + (f" ({job.message})" if job.message else ""))
+    print(f"entrypoint: {job.entrypoint}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from tricksweep import jobs
+
+    if args.follow:
+        jobs.follow(args.job_id, args.address, lambda chunk: print(chunk, end="", flush=True))
+    else:
+        print(jobs.logs(args.job_id, args.address), end="")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from tricksweep import jobs
+
+    stopped = jobs.stop(args.job_id, args.address)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already finished'}")
+    return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -120,7 +120,7 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
     if address == "auto":
         from ray._private.services import find_gcs_addresses
 
-        if not find_gcs_addresses():
+        if not os.environ.get("RAY_ADDRESS") and not find_gcs_addresses():
             raise SpecError("--address auto: no Ray cluster runs on this machine; start one with `ray start --head`")
         return
     target = address.removeprefix("ray://")
