@@ -1,0 +1,68 @@
+"""Scenario (run in its own process by tests/test_faults.py): a 3-node cluster on one machine,
+a sweep, and one worker node killed without grace while trials run on it.
+
+Usage: python node_crash.py SPEC TRACKING_URI STORAGE  -> prints one JSON line with the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import ray
+import ray.tune
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from tricksweep.runner import run_sweep
+from tricksweep.spec import load_spec
+from tricksweep.tracking import STATUS_TAG, SWEEP_TAG
+
+
+def running_with_history(client: MlflowClient, min_epochs: int) -> int:
+    experiment = client.get_experiment_by_name("node_crash")
+    if experiment is None:
+        return 0
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+    return sum(
+        1 for r in runs
+        if STATUS_TAG not in r.data.tags and len(client.get_metric_history(r.info.run_id, "val_accuracy")) >= min_epochs
+    )
+
+
+def main(spec_path: str, uri: str, storage: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=2)
+    doomed = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+
+    result: dict = {}
+
+    def sweep() -> None:
+        outcome = run_sweep(load_spec(spec_path), tracking_uri=uri, storage=storage, echo=lambda _: None)
+        result.update(errors=outcome.errors, trials=len(outcome.rows), statuses=[r.status for r in outcome.rows])
+        grid = ray.tune.ExperimentAnalysis(outcome.experiment_path)
+        # Every epoch each trial reported to Tune, across its retries, in order.
+        result["epochs_reported"] = {t: df["epoch"].tolist() for t, df in grid.trial_dataframes.items()}
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 240
+    while running_with_history(client, 2) < 3:  # trials on both workers, each with checkpoints
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise SystemExit("no trials in flight to interrupt")
+        time.sleep(0.2)
+    cluster.remove_node(doomed, allow_graceful=False)
+    result["killed_at_s"] = round(time.monotonic() - deadline + 240, 1)
+    thread.join()
+    ray.shutdown()
+    cluster.shutdown()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
