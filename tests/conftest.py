@@ -25,6 +25,7 @@ def ray_local():
     ray.init(
         address="local",
         num_cpus=2,
+        resources={"accel": 1.0},  # a stand-in GPU: fractional packing is tested on it
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}},

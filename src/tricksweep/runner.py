@@ -69,7 +69,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
     module = importlib.import_module(ctx.module)
-    device = "cuda" if ctx.gpus > 0 else "cpu"
+    device = "cpu"
+    if ctx.gpus > 0:
+        # Ray set CUDA_VISIBLE_DEVICES to the GPU it assigned (shared when gpu < 1): it is cuda:0 here.
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
+        device = "cuda"
     cfg = module.Config.model_validate({**config, **ctx.fixed, "device": device})
     module.train(cfg, TuneReport())
 

@@ -87,6 +87,8 @@ class SweepRun:
     def __init__(self, uri: str, experiment: str):
         from mlflow.tracking import MlflowClient
 
+        # MLflow prints a "View run" link per ended run against a server: noise between our progress lines.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.experiment_name = experiment
         self.client = MlflowClient(tracking_uri=uri)

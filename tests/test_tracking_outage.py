@@ -1,0 +1,114 @@
+"""A real `mlflow server` on loopback goes away for ~20 s mid-sweep: the sweep carries on and,
+once the server is back on the same store, every reported epoch of every trial is in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from conftest import write_spec
+from tricksweep.runner import run_sweep
+from tricksweep.spec import load_spec
+from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+SPEC = """\
+name: outage
+metric: val_accuracy
+mode: max
+budget: {trials: 8, max_epochs: 20}
+scheduler: {type: none}
+seed: 11
+space:
+  model: {name: cnn, width: 16}
+  batch_size: 32
+  optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'store.db'}", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            assert proc.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_sweep_survives_a_tracking_server_outage(ray_local, tmp_path: Path, monkeypatch):
+    # MLflow's own HTTP retries would hide the outage from our writer (and take minutes to back
+    # off); without them the writer's retry loop is what carries the data across.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    result: dict = {}
+
+    def sweep() -> None:
+        result["outcome"] = run_sweep(load_spec(write_spec(tmp_path, SPEC)), tracking_uri=uri,
+                                      storage=str(tmp_path / "runs"), echo=lambda _: None)
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    client = MlflowClient(uri)
+    deadline = time.monotonic() + 120
+    while not (client.get_experiment_by_name("outage") and client.search_runs(
+        [client.get_experiment_by_name("outage").experiment_id], filter_string="metrics.val_accuracy > 0"
+    )):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.5)
+    stop_server(server)
+    down_at = time.monotonic()
+    time.sleep(20)
+    server = start_server(tmp_path, port)
+    try:
+        thread.join(timeout=400)
+        assert not thread.is_alive()
+        outcome = result["outcome"]
+        assert outcome.errors == 0
+        experiment = client.get_experiment_by_name("outage")
+        parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'")[0]
+        assert parent.info.status == "FINISHED"
+        children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        assert len(children) == 8
+        reported = recorded = 0
+        for child in children:
+            assert child.data.tags[STATUS_TAG] == "completed"
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy"))
+            assert steps == list(range(1, 21))
+            reported += 20
+            recorded += len(steps)
+        print(f"outage of 20 s, sweep done {time.monotonic() - down_at:.0f} s after it began: "
+              f"{reported} epochs reported, {recorded} recorded")
+        assert recorded == reported
+    finally:
+        stop_server(server)
