@@ -50,20 +50,25 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = write_spec(tmp_path, SPEC)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    client = MlflowClient(uri)
+    client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
+    log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    client = MlflowClient(uri)
     deadline = time.monotonic() + 240
     while len(finished_children(client)) < 2:
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.3)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, like a lost machine
     driver.wait()
     before = histories(client, finished_children(client))
     assert 2 <= len(before) < 6
+    experiment = client.get_experiment_by_name("crashy")
+    started = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+    interrupted = {r.data.tags[TRIAL_TAG] for r in started if STATUS_TAG not in r.data.tags}
 
     done = subprocess.run(
         [TRICKSWEEP, "resume", "crashy", "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -85,6 +90,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path):
         assert [step for step, _ in points] == list(range(1, 9)), f"{trial}: gap or duplicate in {points}"
     for trial, points in before.items():
         assert after[trial] == points, f"{trial} lost or changed a finished result"
+    for child in children:
+        continued = child.data.tags[TRIAL_TAG] in interrupted
+        assert (child.data.tags.get("tricksweep.resumed") == "true") == continued
+    print(f"driver crash: {len(before)} trials finished before the kill, {len(interrupted)} interrupted and "
+          f"continued under their child runs, {6 - len(before) - len(interrupted)} not started; 0 lost")
 
 
 def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tmp_path: Path, capsys):

@@ -239,6 +239,8 @@ def resume_sweep(
         for callback in _callbacks(tuner):
             if isinstance(callback, Progress):
                 callback.echo = echo  # not pickled: the console belongs to this process
+            if isinstance(callback, MlflowTrials):
+                callback.resumed = True
         return tuner
 
     return _fit_and_record(restore, spec, sweep, address, started)

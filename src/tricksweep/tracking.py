@@ -204,12 +204,13 @@ class _Writer:
     (and counted) rather than the process growing without end during a long outage.
     """
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, max_points: int = 500_000):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, resumed: bool, max_points: int = 500_000):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.resumed = resumed  # a restored sweep: runs found again are continuations, not retries
         self.max_points = max_points
         self.run_ids: dict[str, str] = {}
         self.recorded_until: dict[str, int] = {}  # resumed trials: last epoch already in MLflow
@@ -340,7 +341,7 @@ class _Writer:
                 (m.step for key in existing[0].data.metrics for m in self.client.get_metric_history(run_id, key)),
                 default=0,
             )
-            if existing[0].info.status != "RUNNING":  # a finished run started again: a resumed sweep
+            if self.resumed:
                 self.client.update_run(run_id, status="RUNNING")
                 self.client.set_tag(run_id, "tricksweep.resumed", "true")
         else:
@@ -392,6 +393,7 @@ class MlflowTrials(tune.Callback):
         self.time_limit_s = time_limit_s
         self.flush_timeout_s = flush_timeout_s
         self.statuses: dict[str, str] = {}
+        self.resumed = False  # set by resume_sweep on the callback it restores
         self._writer: _Writer | None = None
         self._closed = False
         self._last_epoch: dict[str, int] = {}
@@ -408,7 +410,7 @@ class MlflowTrials(tune.Callback):
     @property
     def writer(self) -> _Writer:
         if self._writer is None:
-            self._writer = _Writer(self.uri, self.experiment_id, self.parent_run_id)
+            self._writer = _Writer(self.uri, self.experiment_id, self.parent_run_id, self.resumed)
         return self._writer
 
     def setup(self, **info: Any) -> None:

@@ -48,9 +48,10 @@ def main(spec_path: str, uri: str, storage: str) -> None:
         # Every epoch each trial reported to Tune, across its retries, in order.
         result["epochs_reported"] = {t: df["epoch"].tolist() for t, df in grid.trial_dataframes.items()}
 
+    client = MlflowClient(uri)
+    client.search_experiments()  # create the store before the sweep does: concurrent migrations race
     thread = threading.Thread(target=sweep)
     thread.start()
-    client = MlflowClient(uri)
     deadline = time.monotonic() + 240
     while running_with_history(client, 2) < 3:  # trials on both workers, each with checkpoints
         if time.monotonic() > deadline or not thread.is_alive():
