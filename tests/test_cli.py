@@ -87,3 +87,10 @@ def test_a_sweep_whose_experiment_was_deleted_in_the_ui_records_again(tracking_u
     sweep.start("gone-1", {"a": 1}, {})
     assert client.get_experiment(sweep.experiment_id).lifecycle_stage == "active"
     assert client.get_run(sweep.run_id).data.params == {"a": "1"}
+
+
+def test_credentials_in_uris_are_not_logged_as_params():
+    from tricksweep.tracking import _param_value
+
+    assert _param_value("http://bob:s3cret@mlflow.internal:5000") == "http://***@mlflow.internal:5000"
+    assert _param_value("s3://bucket/runs") == "s3://bucket/runs"

@@ -192,8 +192,12 @@ def _space_params(raw: dict, prefix: str) -> dict[str, Any]:
     return out
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
 def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    # A URI's user:password (e.g. a tracking or storage URI in the spec) never becomes a param.
+    text = _USERINFO.sub("***@", "null" if value is None else str(value))
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
