@@ -19,6 +19,7 @@ from ray import tune
 
 from tricksweep import __version__
 from tricksweep import space as dsl
+from tricksweep.search import build_search, pending_trials_limit
 from tricksweep.report import Row, leaderboard, leaderboard_table, write_leaderboard_csv
 from tricksweep.errors import SpecError
 from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
@@ -100,19 +101,18 @@ class SweepOutcome:
 
 
 def smoke(spec: SweepSpec) -> SweepSpec:
-    """2 trials x 2 epochs: checks a spec runs end to end in seconds."""
-    update: dict[str, Any] = {"budget": spec.budget.model_copy(update={"trials": 2, "max_epochs": 2, "time_limit_s": None})}
+    """2 trials x 2 epochs: checks a spec runs end to end in seconds (with repeats: 1 configuration x 2 seeds)."""
+    repeats = min(spec.repeats, 2)
+    budget = {"trials": 2 // repeats, "max_epochs": 2, "time_limit_s": None, "max_total_epochs": None}
+    update: dict[str, Any] = {"budget": spec.budget.model_copy(update=budget), "repeats": repeats}
     if isinstance(spec.scheduler, Asha):
         update["scheduler"] = spec.scheduler.model_copy(update={"grace_epochs": 1})
     return spec.model_copy(update=update)
 
 
 def param_space(loaded: LoadedSpec) -> dict[str, Any]:
-    compiled = dsl.to_tune(loaded.space, grid_searcher=loaded.spec.searcher == "grid")
-    if "seed" not in compiled:
-        # Every trial draws its own seed from the sweep's seeded generator; it is logged with the trial.
-        compiled["seed"] = tune.randint(0, SEED_RANGE)
-    return compiled
+    """Tune's param_space (searchers that sample the space themselves get only a seed placeholder)."""
+    return build_search(loaded.space, loaded.spec)[2]
 
 
 def check_address(address: str | None, timeout_s: float = 3.0) -> None:
@@ -198,7 +198,7 @@ def run_sweep(
         _parent_tags(loaded, spec, smoke_test, storage_path, run_name),
     )
     _log_spec_files(sweep, loaded, spec)
-    echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points} trials x <= {spec.budget.max_epochs} epochs, "
+    echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points * spec.repeats} trials x <= {spec.budget.max_epochs} epochs, "
          f"MLflow run {parent_id} at {uri}")
     tracker = MlflowTrials(
         uri, sweep.experiment_id, parent_id,
@@ -254,7 +254,8 @@ def _fit_and_record(
         owns_ray = ensure_ray(address)
         tuner = make_tuner()
         tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
-        grid = tuner.fit()
+        with pending_trials_limit(spec):
+            grid = tuner.fit()
         status = "completed"
     finally:
         if tracker is not None:
@@ -308,7 +309,6 @@ def trial_trainable(spec: SweepSpec) -> Any:
 
 def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     scheduler = None
     if isinstance(spec.scheduler, Asha):
@@ -318,15 +318,16 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
             grace_period=spec.scheduler.grace_epochs,
             reduction_factor=spec.scheduler.reduction_factor,
         )
+    search_alg, num_samples, space = build_search(loaded.space, spec)
     return tune.Tuner(
         trial_trainable(spec),
-        param_space=param_space(loaded),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=spec.seed),
-            num_samples=spec.budget.trials,
+            search_alg=search_alg,
+            num_samples=num_samples,
             max_concurrent_trials=spec.max_concurrent_trials,
             time_budget_s=spec.budget.time_limit_s,
             reuse_actors=True,
@@ -408,6 +409,7 @@ def _parent_tags(loaded: LoadedSpec, spec: SweepSpec, smoke_test: bool, storage_
         SWEEP_TAG: "parent",
         "tricksweep.trainable": spec.trainable,
         "tricksweep.searcher": spec.searcher,
+        "tricksweep.repeats": str(spec.repeats),
         "tricksweep.scheduler": spec.scheduler.type,
         "tricksweep.storage_path": f"{storage_path}/{run_name}",
         "tricksweep.spec_file": str(loaded.path.resolve()),

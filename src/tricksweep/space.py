@@ -204,3 +204,92 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+# --- Optuna: the same space as a define-by-run function -------------------------------------
+
+OPTUNA_SCALARS = (type(None), bool, int, float, str)
+
+
+def option_labels(choice: Choice) -> list[Any]:
+    """What Optuna's ``suggest_categorical`` picks between for a choice: the values themselves
+    when they are scalars, else a block's ``name`` (``"adam"``) or its index (``"#1"``)."""
+    if all(isinstance(o, Const) and isinstance(o.value, OPTUNA_SCALARS) for o in choice.options):
+        return [o.value for o in choice.options]
+    labels = []
+    for i, option in enumerate(choice.options):
+        name = option.get("name") if isinstance(option, dict) else option
+        label = name.value if isinstance(name, Const) and isinstance(name.value, str) else f"#{i}"
+        labels.append(label)
+    return labels if len(set(labels)) == len(labels) else [f"#{i}" for i in range(len(labels))]
+
+
+class DefineByRun:
+    """An Optuna define-by-run function for a parsed space (picklable, for Tune's checkpoints).
+
+    A choice between blocks is one categorical (``optimizer`` in {sgd, adam, ...}); the chosen
+    block's parameters are suggested only then, under names of their own (``optimizer[adam].lr``),
+    so Adam's and SGD's learning-rate ranges are separate Optuna parameters and an Adam trial has
+    no momentum. Returns the nested config a trial receives.
+
+        >>> import optuna
+        >>> study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+        >>> config = DefineByRun(parse({"lr": {"loguniform": [1e-4, 1e-1]}}))(study.ask())
+    """
+
+    def __init__(self, space: Node):
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return self._suggest(self.space, trial, "")
+
+    def _suggest(self, node: Node, trial: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: self._suggest(v, trial, f"{path}.{k}" if path else k) for k, v in node.items()}
+        if isinstance(node, Const):
+            return node.value
+        if isinstance(node, Choice):
+            labels = option_labels(node)
+            picked = trial.suggest_categorical(path, labels) if len(labels) > 1 else labels[0]
+            option = node.options[labels.index(picked)]
+            if isinstance(option, Const):
+                return option.value
+            return self._suggest(option, trial, f"{path}[{picked}]")
+        if isinstance(node, IntRange):
+            return trial.suggest_int(path, node.low, node.high) if node.high > node.low else node.low
+        return trial.suggest_float(path, node.low, node.high, log=node.log) if node.high > node.low else node.low
+
+
+def check_searcher(node: Node, searcher: str, repeats: int = 1, path: str = "space") -> None:
+    """Reject, with the reason, a space the searcher cannot express (SpecError)."""
+    if searcher == "grid":
+        to_tune(node, grid_searcher=True)  # continuous ranges cannot be enumerated
+        return
+    sampled_by_optuna = searcher == "optuna_tpe" or repeats > 1
+    if not sampled_by_optuna:
+        return
+    why = ("searcher 'optuna_tpe' samples one configuration at a time" if searcher == "optuna_tpe"
+           else f"searcher 'random' with repeats = {repeats} samples each configuration once, then runs it per seed")
+    for where, grid in _grids(node, path):
+        raise SpecError(
+            f"{where}.grid: {why}; it cannot enumerate grid values {grid}; use {{choice: [...]}}, or searcher: grid"
+        )
+
+
+def _grids(node: Node, path: str) -> Iterator[tuple[str, list]]:
+    if isinstance(node, dict):
+        for key, child in node.items():
+            yield from _grids(child, f"{path}.{key}")
+    elif isinstance(node, Choice):
+        if node.grid:
+            yield path, [_leaf(o) if not isinstance(o, dict) else "{...}" for o in node.options]
+        for i, option in enumerate(node.options):
+            yield from _grids(option, f"{path}.{'grid' if node.grid else 'choice'}[{i}]")
+
+
+def param_names(node: Node) -> set[str]:
+    """Every flattened parameter name a trial of this space can have (conditional ones included)."""
+    names: set[str] = set()
+    for corner in corners(node):
+        names |= set(flatten(corner)) if isinstance(corner, dict) else set()
+    return names

@@ -27,6 +27,9 @@ class Budget(Strict):
     trials: int = Field(ge=1, description="configurations sampled (random), or passes over the grid (grid)")
     max_epochs: int = Field(ge=1, description="epochs a trial may run at most; ASHA's max_t")
     time_limit_s: float | None = Field(None, gt=0, description="wall-clock seconds; then no new trials start and running ones stop")
+    max_total_epochs: int | None = Field(
+        None, ge=1, description="epochs summed over all trials; once spent no new trial starts (running ones finish)"
+    )
 
 
 class Asha(Strict):
@@ -54,6 +57,30 @@ class Checkpointing(Strict):
     every_epochs: int = Field(1, ge=1, description="epochs between checkpoints; the last epoch always saves")
 
 
+class Claim(Strict):
+    """A claim the sweep tests: ``param`` at ``treatment`` vs ``control`` values, on ``measure``.
+
+    ``measure``: ``best`` (the sweep's metric at each trial's best epoch), ``METRIC@E`` (METRIC at
+    epoch E), ``gap`` (val_loss - train_loss at the last epoch: overfitting) or ``overshoot``
+    (val_loss at the last epoch - lowest val_loss: how far past the validation minimum it trained).
+    With ``versus_where`` the claim is an interaction: the effect within ``where`` minus the
+    effect within ``versus_where`` (``augmentation helps most when data is scarce``).
+    """
+
+    claim: str = Field(description="the claim in plain words")
+    param: str = Field(description="flattened trial parameter, e.g. optimizer.name or batch_norm")
+    treatment: list[Any] = Field(min_length=1, description="values of `param` the claim is about")
+    control: list[Any] = Field(min_length=1, description="values of `param` they are compared with")
+    measure: str = Field("best", pattern=r"^(best|gap|overshoot|[a-z_]+@[0-9]+)$", description="what is compared per trial")
+    expect: Literal["higher", "lower"] = Field(description="the claim holds if treatment - control is higher/lower than 0")
+    where: dict[str, Any] | list[dict[str, Any]] = Field(
+        default_factory=dict, description="only trials with these params: value, [values], {min, max} or {not}; a list: any of them"
+    )
+    versus_where: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="interaction: subtract the effect within these trials"
+    )
+
+
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: letters, digits, _ . -")
     description: str = ""
@@ -63,7 +90,10 @@ class SweepSpec(Strict):
     mode: Literal["max", "min"]
     budget: Budget
     scheduler: Asha | NoScheduler = Field(default_factory=Asha, discriminator="type")
-    searcher: Literal["random", "grid"] = "random"
+    searcher: Literal["random", "grid", "optuna_tpe"] = Field(
+        "random", description="random (Ray's variant generator), grid, or optuna_tpe (Optuna's TPE via Ray's OptunaSearch)"
+    )
+    repeats: int = Field(1, ge=1, description="seeds per sampled configuration; the leaderboard ranks by their mean")
     resources: Resources = Field(default_factory=Resources)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as resources allow")
     max_failures: int = Field(0, ge=-1, description="retries of a failed trial from its checkpoint (-1 = forever)")
@@ -73,6 +103,7 @@ class SweepSpec(Strict):
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
     space: dict[str, Any] = Field(default_factory=dict)
+    claims: list[Claim] = Field(default_factory=list, description="claims `tricksweep report` tests on the finished sweep")
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SweepSpec:
@@ -100,7 +131,7 @@ class LoadedSpec:
 
     @property
     def trials_total(self) -> int:
-        return self.spec.budget.trials * self.grid_points
+        return self.spec.budget.trials * self.grid_points * self.spec.repeats
 
     def resolved_yaml(self) -> str:
         """The spec as run: fragments inlined, defaults filled in."""
@@ -173,7 +204,22 @@ def load_spec(path: str | Path) -> LoadedSpec:
     _check_against_trainable(spec, parsed)
     loaded = LoadedSpec(spec, path, parsed, raw_space, fragments)
     dsl.to_tune(parsed, grid_searcher=spec.searcher == "grid")  # rejects what the searcher cannot express
+    dsl.check_searcher(parsed, spec.searcher, spec.repeats)
+    _check_claims(spec, parsed)
     return loaded
+
+
+def _check_claims(spec: SweepSpec, parsed: dict) -> None:
+    names = dsl.param_names(parsed) | {"seed"}
+    for i, claim in enumerate(spec.claims):
+        def keys_of(where: dict | list | None) -> list[str]:
+            return [k for w in (where if isinstance(where, list) else [where or {}]) for k in w]
+
+        for field_name, keys in (("param", [claim.param]), ("where", keys_of(claim.where)), ("versus_where", keys_of(claim.versus_where))):
+            for key in keys:
+                if key not in names:
+                    raise SpecError(f"claims[{i}].{field_name} = {key!r}: not a parameter of this space"
+                                    f"{did_you_mean(key, sorted(names))}")
 
 
 def _merge_fragments(spec: SweepSpec, path: Path) -> tuple[dict, dict[str, Path]]:

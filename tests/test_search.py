@@ -1,0 +1,168 @@
+"""Searchers: Optuna TPE over the DSL (conditional blocks), repeats, the epoch budget, and what
+Optuna is told about trials ASHA stopped."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import write_spec
+from tricksweep import space as dsl
+from tricksweep.errors import SpecError
+from tricksweep.runner import run_sweep
+from tricksweep.search import OptunaRepeats, repeat_seeds
+from tricksweep.spec import load_spec
+from tricksweep.tracking import PARENT_TAG
+
+SPACE = {
+    "optimizer": {"choice": [
+        {"name": "adam", "lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+        {"name": "sgd_momentum", "lr": {"loguniform": [1.0e-3, 0.2]}, "momentum": {"uniform": [0.8, 0.99]}},
+    ]},
+    "init": {"choice": ["xavier", "he"]},
+    "batch_norm": {"choice": [False, True]},
+    "model": {"name": "mlp", "width": {"int": [8, 16]}, "depth": 1},
+}
+
+
+def sample(space: dict, seed: int, n: int, sampler=optuna.samplers.TPESampler) -> list[tuple[dict, dict]]:
+    study = optuna.create_study(sampler=sampler(seed=seed))
+    fn = dsl.DefineByRun(dsl.parse(space))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        config = fn(trial)
+        study.tell(trial, 0.5)
+        out.append((config, trial.params))
+    return out
+
+
+def test_choice_between_blocks_is_a_conditional_optuna_parameter():
+    for config, params in sample(SPACE, seed=3, n=12):
+        opt = config["optimizer"]
+        assert params["optimizer"] == opt["name"]
+        assert f"optimizer[{opt['name']}].lr" in params  # each block has its own lr range
+        assert ("momentum" in opt) == (opt["name"] == "sgd_momentum")
+        assert ("optimizer[sgd_momentum].momentum" in params) == (opt["name"] == "sgd_momentum")
+        assert not any(k.startswith("optimizer[adam]") for k in params) or opt["name"] == "adam"
+        assert config["model"] == {"name": "mlp", "width": config["model"]["width"], "depth": 1}
+        assert 8 <= config["model"]["width"] <= 16
+        low, high = (1e-4, 1e-2) if opt["name"] == "adam" else (1e-3, 0.2)
+        assert low <= opt["lr"] <= high
+
+
+def test_seeded_sampling_repeats():
+    assert [c for c, _ in sample(SPACE, 5, 10)] == [c for c, _ in sample(SPACE, 5, 10)]
+    assert [c for c, _ in sample(SPACE, 5, 10)] != [c for c, _ in sample(SPACE, 6, 10)]
+    assert repeat_seeds(0, 3) == repeat_seeds(0, 3) and len(set(repeat_seeds(0, 3))) == 3
+
+
+@pytest.mark.parametrize("searcher,repeats", [("optuna_tpe", 1), ("random", 2)])
+def test_grid_values_rejected_where_optuna_samples(tmp_path, searcher, repeats):
+    path = write_spec(tmp_path, f"""\
+name: s
+metric: val_accuracy
+mode: max
+budget: {{trials: 2, max_epochs: 2}}
+searcher: {searcher}
+repeats: {repeats}
+space:
+  batch_norm: {{grid: [false, true]}}
+""")
+    with pytest.raises(SpecError, match=r"space\.batch_norm\.grid: searcher .* cannot enumerate grid values"):
+        load_spec(path)
+
+
+def test_grid_searcher_still_rejects_continuous_ranges(tmp_path):
+    path = write_spec(tmp_path, "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
+                                "searcher: grid\nrepeats: 2\nspace:\n  dropout: {uniform: [0.0, 0.5]}\n")
+    with pytest.raises(SpecError, match="cannot enumerate a continuous"):
+        load_spec(path)
+
+
+def test_claims_name_parameters_of_the_space(tmp_path):
+    path = write_spec(tmp_path, "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
+                                "space:\n  batch_norm: {choice: [false, true]}\n"
+                                "claims:\n  - {claim: bn helps, param: batchnorm, treatment: [true], control: [false], expect: higher}\n")
+    with pytest.raises(SpecError, match=r"claims\[0\]\.param = 'batchnorm': not a parameter.*did you mean 'batch_norm'"):
+        load_spec(path)
+
+
+def _searcher(repeats: int) -> OptunaRepeats:
+    s = OptunaRepeats(dsl.parse(SPACE), sampler="tpe", seed=0, seeds=repeat_seeds(0, repeats) if repeats > 1 else None,
+                      max_epochs=6, max_total_epochs=None)
+    s.set_search_properties("val_accuracy", "max", {})
+    return s
+
+
+def _run(s: OptunaRepeats, trial_id: str, epochs: int, values: list[float], end: str = "") -> None:
+    for epoch, value in zip(range(1, epochs + 1), values):
+        s.on_trial_result(trial_id, {"val_accuracy": value, "epoch": epoch})
+    s.on_trial_complete(trial_id, {"val_accuracy": values[epochs - 1], "epoch": epochs, "end": end})
+
+
+def test_asha_stopped_trials_are_pruned_not_complete():
+    s = _searcher(repeats=2)
+    configs = [s.suggest(f"t{i}") for i in range(4)]
+    assert configs[0] == {**configs[1], "seed": configs[0]["seed"]} and configs[0]["seed"] != configs[1]["seed"]
+    assert configs[2]["seed"] == configs[0]["seed"]  # every configuration runs the same seeds
+    _run(s, "t0", 6, [0.5, 0.7, 0.8, 0.9, 0.85, 0.88])
+    _run(s, "t1", 6, [0.5, 0.6, 0.8, 0.8, 0.95, 0.9])
+    _run(s, "t2", 2, [0.3, 0.4])  # stopped by ASHA at epoch 2
+    _run(s, "t3", 6, [0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
+    trials = s.inner._ot_study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert trials[0].value == pytest.approx((0.9 + 0.95) / 2)  # mean of each repeat's best epoch
+    assert trials[1].intermediate_values == {1: pytest.approx(0.3), 2: pytest.approx(0.45)}
+
+
+def test_early_stopped_is_complete_and_errors_fail():
+    s = _searcher(repeats=1)
+    s.suggest("a"), s.suggest("b")
+    _run(s, "a", 3, [0.5, 0.6, 0.55], end="early_stopped")
+    s.on_trial_complete("b", None, error=True)
+    states = [t.state for t in s.inner._ot_study.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
+TPE_SWEEP = """\
+name: tpe_repeats
+metric: val_accuracy
+mode: max
+budget: {trials: 4, max_epochs: 3, max_total_epochs: 9}
+scheduler: {type: none}
+searcher: optuna_tpe
+repeats: 2
+seed: 1
+space:
+  model: {name: mlp, width: 16, depth: 1}
+  batch_size: 256
+  optimizer:
+    choice:
+      - {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
+      - {name: sgd_momentum, lr: {loguniform: [1.0e-2, 0.2]}, momentum: {uniform: [0.8, 0.95]}}
+"""
+
+
+def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_sweep(load_spec(write_spec(tmp_path, TPE_SWEEP)), tracking_uri=uri, storage=str(tmp_path / "runs"),
+                        echo=lambda _: None)
+    assert outcome.errors == 0
+    # 9 epochs = 3 trials of 3. The budget is checked before each new trial; the 2 running and the 1
+    # queued when it ran out still finish: 5 trials at most, not the 8 of trials x repeats.
+    assert 3 <= len(outcome.rows) <= 5
+    assert sum(r.epochs for r in outcome.rows) >= 9
+    client = MlflowClient(uri)
+    children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    by_config: dict[str, list[str]] = {}
+    for child in children:
+        params = dict(child.data.params)
+        seed = params.pop("seed")
+        by_config.setdefault(repr(sorted(params.items())), []).append(seed)
+        assert ("optimizer.momentum" in params) == (params["optimizer.name"] == "sgd_momentum")
+    assert all(len(set(seeds)) == len(seeds) for seeds in by_config.values())
+    assert max(len(s) for s in by_config.values()) == 2  # a configuration ran with both seeds
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["tricksweep.searcher"] == "optuna_tpe" and parent.data.tags["tricksweep.repeats"] == "2"
