@@ -24,6 +24,9 @@ def test_run_smoke_from_a_users_folder(ray_local, in_tmp: Path, capsys):
     experiment = client.get_experiment_by_name("quickstart")
     assert experiment.artifact_location == (in_tmp / "mlruns" / "quickstart").as_uri()
     assert len(client.search_runs([experiment.experiment_id])) == 3  # parent + 2 trials
+    # The report follows the run: 2 trials give a leaderboard and say effects are not estimable.
+    assert "effects not estimable: 2 finished trials (need at least 5)" in out
+    assert (in_tmp / "reports" / "quickstart" / "report.html").exists()
 
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

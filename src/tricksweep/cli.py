@@ -2,6 +2,7 @@
 
     tricksweep validate sweeps/quickstart.yaml
     tricksweep run sweeps/quickstart.yaml [--smoke]
+    tricksweep report quickstart [--out DIR]
     tricksweep ls
     tricksweep ui
 """
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address to attach to ('auto' on a cluster head); default: local Ray")
     p.add_argument("--storage", help="Tune storage path (overrides the spec)")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end (tricksweep report NAME later)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="finish the latest run of a sweep after its driver or cluster died")
@@ -56,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address to attach to; default: local Ray")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("report", help="leaderboard, per-trick effects, importance, claims and plots of a finished sweep")
+    p.add_argument("name", help="the sweep's name (its MLflow experiment)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
+    p.add_argument("--out", type=Path, help="folder for the report (default: reports/NAME)")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (its dashboard address)")
     p.add_argument("spec", type=Path)
@@ -97,7 +107,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(line)
     trials, epochs = loaded.trials_total, spec.budget.max_epochs
     print(f"trials: {trials} ({spec.searcher} searcher"
-          + (f", {loaded.grid_points} grid points x {spec.budget.trials}" if loaded.grid_points > 1 else "") + ")")
+          + (f", {loaded.grid_points} grid points x {spec.budget.trials}" if loaded.grid_points > 1 else "")
+          + (f", each configuration x {spec.repeats} seeds" if spec.repeats > 1 else "") + ")")
+    if spec.budget.max_total_epochs:
+        print(f"epoch budget limit: no new trial once {spec.budget.max_total_epochs} epochs are spent")
     budget = f"epoch budget: at most {trials * epochs} epochs ({trials} trials x {epochs})"
     if spec.scheduler.type == "asha":
         expected = asha_expected_epochs(trials, epochs, spec.scheduler.grace_epochs, spec.scheduler.reduction_factor)
@@ -137,7 +150,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         loaded, smoke_test=args.smoke, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
         echo=lambda line: console.print(line, markup=False),
     )
-    return _summary(console, outcome, args.top)
+    code = _summary(console, outcome, args.top)
+    if not args.no_report:
+        _auto_report(console, outcome, args.top)
+    return code
+
+
+def _auto_report(console, outcome, top: int) -> None:
+    """The report at the end of a run: never fails the run (the sweep is already recorded)."""
+    from mlflow.tracking import MlflowClient
+
+    from tricksweep.report import build_report, print_report
+
+    console.print()
+    try:
+        experiment = MlflowClient(outcome.tracking_uri).get_experiment(outcome.experiment_id).name
+        report = build_report(outcome.tracking_uri, experiment, Path("reports") / experiment, top=top)
+    except Exception as err:  # noqa: BLE001 - report problems must not turn a finished sweep into a failure
+        console.print(f"report skipped: {type(err).__name__}: {err} (retry: tricksweep report {outcome.name})", markup=False)
+        return
+    print_report(report, console, top)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tricksweep.report import build_report, print_report
+    from tricksweep.tracking import resolve_tracking_uri
+
+    console = _console()
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    report = build_report(uri, args.name, args.out or Path("reports") / args.name, plots=not args.no_plots, top=args.top)
+    print_report(report, console, args.top)
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -148,7 +191,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     outcome = resume_sweep(
         args.name, tracking_uri=args.tracking_uri, address=args.address, echo=lambda line: console.print(line, markup=False)
     )
-    return _summary(console, outcome, args.top)
+    code = _summary(console, outcome, args.top)
+    _auto_report(console, outcome, args.top)
+    return code
 
 
 def _console():
