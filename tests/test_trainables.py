@@ -22,6 +22,12 @@ from trainables.report import ListReport
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CNN = {"name": "cnn", "width": 8}
+# Keeps each model's contract test to a few seconds on one CPU thread (resnet18 has fixed widths:
+# it gets 4 images per class of 3 classes instead).
+MODEL_TEST_OPTIONS = {
+    "resnet": {"model": {"name": "resnet", "width": 8, "depth": 2}},
+    "resnet18": {"model": {"name": "resnet18"}, "data": {"name": "digits", "classes": [0, 1, 2], "train_per_class": 4}},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +73,20 @@ def test_every_optimizer_trains(name):
     assert {r["lr"] for r in report.records} == {OPTIMIZERS[name]().lr}
 
 
+@pytest.fixture(scope="module")
+def source_weights(tmp_path_factory) -> str:
+    """Weights of the test CNN, saved as the classifier's checkpoints are, for ``pretrained``."""
+    from trainables.nets import SmallCNN
+
+    path = tmp_path_factory.mktemp("source") / "state.pt"
+    torch.save({"model": SmallCNN(1, 10, SMALL_CNN["width"], False, 0.0).state_dict(), "epoch": 1}, path)
+    return str(path)
+
+
 @pytest.mark.parametrize("name", sorted(INITS))
-def test_every_init_trains(name):
-    assert_contract(fit(init={"name": name}), epochs=2)
+def test_every_init_trains(name, source_weights):
+    extra = {"source": source_weights, "freeze": "all_but_head"} if name == "pretrained" else {}
+    assert_contract(fit(init={"name": name, **extra}), epochs=2)
 
 
 @pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
@@ -82,7 +99,7 @@ def test_every_augmentation_trains(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_from_defaults(name):
-    assert_contract(fit(model={"name": name}), epochs=2)
+    assert_contract(fit(**{"model": {"name": name}, **MODEL_TEST_OPTIONS.get(name, {})}), epochs=2)
 
 
 def test_zeros_init_stays_at_chance_where_he_learns():

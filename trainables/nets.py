@@ -52,3 +52,87 @@ class MLPNet(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs and a shortcut (a strided 1x1 conv where the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, batch_norm: bool):
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batch_norm)
+        self.bn1 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=not batch_norm)
+        self.bn2 = norm(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=not batch_norm), norm(c_out))
+
+    def forward(self, x):
+        out = self.bn1(self.conv1(x)).relu()
+        return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self, channels: int, classes: int, width: int, depth: int, per_stage: int, batch_norm: bool, dropout: float
+    ):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Sequential(*_conv(channels, width, batch_norm))]
+        c_in = width
+        for stage in range(depth):
+            c_out = width * 2**stage
+            blocks.append(
+                nn.Sequential(
+                    *(ResidualBlock(c_in if i == 0 else c_out, c_out, 2 if stage and i == 0 else 1, batch_norm) for i in range(per_stage))
+                )
+            )
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c_in, classes))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _torchvision_resnet():
+    from torchvision.models import ResNet as TorchvisionResNet
+
+    return TorchvisionResNet
+
+
+class TorchvisionResNet18(nn.Module):
+    """torchvision's resnet18 with its own parameter names (``conv1``, ``layer1``, ``fc``...) so
+    torchvision's weights load as they are; ``blocks`` and ``head`` are views onto its layers."""
+
+    def __init__(self, channels: int, classes: int, small_stem: bool, batch_norm: bool, dropout: float):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        norm = nn.BatchNorm2d if batch_norm else (lambda c: nn.Identity())
+        net = _torchvision_resnet()(BasicBlock, [2, 2, 2, 2], num_classes=classes, norm_layer=norm)
+        if small_stem:
+            # 32x32 inputs: a 7x7 stride-2 conv and a max-pool would leave 8x8 maps after the stem.
+            net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif channels != 3:
+            net.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
+            setattr(self, name, getattr(net, name))
+        self.dropout = nn.Dropout(dropout)  # no parameters: the state dict stays torchvision's
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return nn.ModuleList([stem, self.layer1, self.layer2, self.layer3, self.layer4])
+
+    @property
+    def head(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.dropout(self.avgpool(x).flatten(1)))

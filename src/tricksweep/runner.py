@@ -21,6 +21,7 @@ from tricksweep import __version__
 from tricksweep import space as dsl
 from tricksweep.search import build_search, pending_trials_limit
 from tricksweep.report import Row, leaderboard, leaderboard_table, write_leaderboard_csv
+from tricksweep.sources import resolve_sources
 from tricksweep.errors import SpecError
 from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
 from tricksweep.tracking import (
@@ -76,7 +77,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
         device = "cuda"
-    cfg = module.Config.model_validate({**config, **ctx.fixed, "device": device})
+    cfg = module.Config.model_validate({**config, **ctx.fixed, "data": {**ctx.fixed["data"], **config.get("data", {})}, "device": device})
     module.train(cfg, TuneReport())
 
 
@@ -188,6 +189,7 @@ def run_sweep(
     _quiet_tune()
     started = time.monotonic()
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri)
+    loaded = resolve_sources(loaded, uri, echo)  # init.source {sweep: ...} / {mlflow: ...} -> local files
     storage_path = _storage_path(storage or spec.storage)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -455,7 +457,7 @@ def _finish_parent(sweep: SweepRun, grid: Any, rows: list[Row], spec: SweepSpec,
                 with checkpoint.as_directory() as ckpt_dir:
                     sweep.log_artifact(Path(ckpt_dir), "best_checkpoint")
                 config_path = Path(tmp, "best_config.yaml")
-                config_path.write_text(yaml.safe_dump({**best.config, "data": spec.dataset}, sort_keys=False))
+                config_path.write_text(yaml.safe_dump({**best.config, "data": {**spec.dataset, **best.config.get("data", {})}}, sort_keys=False))
                 sweep.log_artifact(config_path, "best_checkpoint")
         sweep.finish(status, tags)
 

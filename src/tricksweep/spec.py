@@ -263,15 +263,16 @@ def _check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
         raise unknown_name("metric", spec.metric, "metric", module.METRICS)
     config_cls: type[BaseModel] = module.Config
     try:
-        config_cls.model_validate({"data": spec.dataset})
+        data = config_cls.model_validate({"data": spec.dataset}).data
     except ValidationError as err:
         raise SpecError(format_validation_error(err, config_cls, rename={"data": "dataset"})) from None
-    for reserved in ("data", "epochs", "device", "checkpoint_every"):
+    spec.dataset = data.model_dump(mode="json", exclude_unset=True)  # relative roots made absolute by the validator
+    for reserved in ("epochs", "device", "checkpoint_every"):
         if reserved in parsed:
             raise SpecError(f"space.{reserved}: set by the engine from the spec; remove it from the space")
     for corner in dsl.corners(parsed):
         try:
-            config_cls.model_validate(corner)
+            config_cls.model_validate({**corner, "data": {**spec.dataset, **corner.get("data", {})}})  # space.data: swept dataset fields
         except ValidationError as err:
             raise SpecError(format_validation_error(err, config_cls, prefix="space.")) from None
 
