@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+import synthetic_data
 from conftest import ROOT
+from tricksweep import space as dsl
 from tricksweep.cli import main
 from tricksweep.runner import run_sweep
-from tricksweep.spec import load_spec
+from tricksweep.spec import LoadedSpec, load_spec
 from tricksweep.tracking import STATUS_TAG
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -33,9 +36,50 @@ def test_tricks_digits_includes_every_fragment():
     assert set(loaded.fragments) == {p.stem for p in (ROOT / "search_spaces").glob("*.yaml")}
 
 
+def runnable_here(loaded: LoadedSpec, tmp_path: Path, tracking_uri: str) -> LoadedSpec:
+    """What a shipped sweep needs to smoke-run in tests: CPU only, tiny synthetic files in the
+    dataset's real format instead of a download, the sweeps it takes weights from run first (in
+    smoke mode), and one random point of each grid so that smoke mode stays at 2 trials."""
+    spec = loaded.spec
+    spec.resources = spec.resources.model_copy(update={"cpu": 1, "gpu": 0})
+    writers = {"mnist": synthetic_data.write_idx, "fashion_mnist": lambda root: synthetic_data.write_idx(root, "FashionMNIST"),
+               "cifar10": synthetic_data.write_cifar10}
+    if spec.dataset["name"] in writers:
+        spec.dataset = {**spec.dataset, "root": str(writers[spec.dataset["name"]](tmp_path / "data")), "download": False}
+    for name in _source_sweeps(loaded.raw_space):
+        if MlflowClient(tracking_uri).get_experiment_by_name(name) is not None:
+            continue  # smoke-run already, in this module's store
+        run_sweep(load_spec(ROOT / "sweeps" / f"{name}.yaml"), smoke_test=True, tracking_uri=tracking_uri,
+                  storage=str(tmp_path / "runs"), echo=lambda _: None)
+    return dataclasses.replace(loaded, space=_no_grids(loaded.space))
+
+
+def _source_sweeps(raw: object) -> list[str]:
+    if isinstance(raw, dict):
+        return ([raw["sweep"]] if set(raw) == {"sweep"} else []) + [n for v in raw.values() for n in _source_sweeps(v)]
+    return [n for v in raw for n in _source_sweeps(v)] if isinstance(raw, list) else []
+
+
+def _no_grids(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _no_grids(v) for k, v in node.items()}
+    if isinstance(node, dsl.Choice):
+        return dsl.Choice(tuple(_no_grids(o) for o in node.options), grid=False)
+    return node
+
+
+@pytest.fixture(scope="module")
+def smoke_store(tmp_path_factory) -> str:
+    # One store for the smoke runs: transfer_digits reuses pretrain_digits' run.
+    return f"sqlite:///{tmp_path_factory.mktemp('smoke') / 'mlflow.db'}"
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
-def test_runs_in_smoke_mode(path: Path, ray_local, tracking_uri, tmp_path):
-    outcome = run_sweep(load_spec(path), smoke_test=True, tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
+def test_runs_in_smoke_mode(path: Path, ray_local, smoke_store, tmp_path, monkeypatch):
+    tracking_uri = smoke_store
+    monkeypatch.setenv("TRICKSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = runnable_here(load_spec(path), tmp_path, tracking_uri)
+    outcome = run_sweep(loaded, smoke_test=True, tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 0
     assert len(outcome.rows) == 2
     assert all(r.epochs >= 1 and r.value is not None for r in outcome.rows)
