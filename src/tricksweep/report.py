@@ -606,7 +606,10 @@ def plot_losses(sweep: Sweep, path: Path, count: int = 4) -> None:
     the epoch each stopped at and the validation minimum."""
     import matplotlib.pyplot as plt
 
-    ranked = [r.trials[0] for r in config_leaderboard(sweep) if r.trials and r.trials[0] in sweep.finished]
+    finished = {t.run_id for t in sweep.finished}
+    ranked = [max(r.trials, key=lambda t: t.epochs) for r in config_leaderboard(sweep) if r.trials]
+    ranked = [t for t in ranked if t.run_id in finished]
+    ranked = [t for t in ranked if t.epochs >= 2] or ranked  # a curve needs two points
     early = [t for t in sweep.finished if t.status == "early_stopped"]
     chosen: list[RecordedTrial] = []
     for trial in ranked[:1] + early[: count - 1] + ranked[1:count]:
@@ -620,7 +623,7 @@ def plot_losses(sweep: Sweep, path: Path, count: int = 4) -> None:
     for ax, trial in zip(axes[0], chosen):
         for key, style in (("train_loss", "C0"), ("val_loss", "C1")):
             curve = {e: v for e, v in trial.history[key].items() if math.isfinite(v)}
-            ax.plot(sorted(curve), [curve[e] for e in sorted(curve)], color=style, label=key)
+            ax.plot(sorted(curve), [curve[e] for e in sorted(curve)], color=style, label=key, marker=".")
         val = {e: v for e, v in trial.history["val_loss"].items() if math.isfinite(v)}
         if val:
             best = min(val, key=val.get)
