@@ -166,3 +166,21 @@ def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(r
     assert max(len(s) for s in by_config.values()) == 2  # a configuration ran with both seeds
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.tags["tricksweep.searcher"] == "optuna_tpe" and parent.data.tags["tricksweep.repeats"] == "2"
+
+
+def test_grid_repeats_are_one_more_grid_axis_and_random_keeps_ray_sampling(tmp_path):
+    from tricksweep.search import BudgetedVariants, build_search
+
+    text = ("name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2, max_total_epochs: 5}\n"
+            "searcher: SEARCHER\nrepeats: REPEATS\nspace:\n  batch_norm: {choice: [false, true]}\n")
+    grid = load_spec(write_spec(tmp_path, text.replace("SEARCHER", "grid").replace("REPEATS", "3")))
+    assert grid.trials_total == 6
+    search_alg, num_samples, space = build_search(grid.space, grid.spec)
+    assert isinstance(search_alg, BudgetedVariants) and search_alg.max_total_epochs == 5 and num_samples == 1
+    assert space["seed"] == {"grid_search": repeat_seeds(0, 3)}
+    plain = load_spec(write_spec(tmp_path, text.replace("SEARCHER", "random").replace("REPEATS", "1")))
+    search_alg, num_samples, space = build_search(plain.space, plain.spec)
+    assert isinstance(search_alg, BudgetedVariants) and not isinstance(space["seed"], dict)  # tune.randint, as before
+    repeated = load_spec(write_spec(tmp_path, text.replace("SEARCHER", "random").replace("REPEATS", "2")))
+    search_alg, num_samples, _ = build_search(repeated.space, repeated.spec)
+    assert isinstance(search_alg, OptunaRepeats) and search_alg.sampler_name == "random" and num_samples == 2
