@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -73,7 +74,15 @@ def submit(
         "py_modules": [str(package_dir), str(package_dir.parent.parent / "trainables")],
         "env_vars": {"RAY_AIR_NEW_OUTPUT": "0"},
     }
-    return client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
+    # A head that has just started may not have its job agent up yet: wait for it a little.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise SpecError(f"submit to {address}: {str(err).strip().splitlines()[-1]}") from None
+            time.sleep(2)
 
 
 def info(job_id: str, address: str) -> Any:

@@ -273,6 +273,7 @@ def _fit_and_record(
     rows = leaderboard(grid, spec.metric, spec.mode, tracker.statuses, spec.budget.max_epochs, asha)
     if rows and all(r.status == "failed" for r in rows):
         status = "failed"
+    sweep.settle_children({r.trial_id: r.status for r in rows})
     _finish_parent(sweep, grid, rows, spec, status)
     return SweepOutcome(
         name=spec.name, tracking_uri=sweep.uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id,

@@ -142,6 +142,18 @@ class SweepRun:
         self.client.update_run(self.run_id, status="RUNNING")
         self.client.set_tag(self.run_id, "tricksweep.resumes", str(int(tags.get("tricksweep.resumes", "0")) + 1))
 
+    def settle_children(self, statuses: dict[str, str]) -> None:
+        """Give every child still without an end status the one Tune's results imply: after a
+        driver crash, a trial can have finished in Tune's saved state before its MLflow end was written."""
+        open_children = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
+        )
+        for child in open_children:
+            status = statuses.get(child.data.tags.get(TRIAL_TAG, ""))
+            if STATUS_TAG not in child.data.tags and status is not None:
+                self.client.set_tag(child.info.run_id, STATUS_TAG, status)
+                self.client.set_terminated(child.info.run_id, "FAILED" if status == "failed" else "FINISHED")
+
     def child_run_id(self, trial_id: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
