@@ -120,3 +120,10 @@ def test_malformed_domains(raw, message):
 def test_const_keeps_mappings_literal():
     parsed = dsl.parse({"x": {"const": {"choice": [1, 2]}}})
     assert dsl.to_tune(parsed) == {"x": {"choice": [1, 2]}}
+
+
+def test_without_grids_keeps_options_but_samples_them():
+    parsed = dsl.parse({"a": {"grid": [1, 2, 3]}, "b": {"choice": [{"x": {"grid": [4, 5]}}]}})
+    flat = dsl.without_grids(parsed)
+    assert dsl.grid_points(flat) == 1
+    assert flat["a"].options == parsed["a"].options and not flat["a"].grid

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ from mlflow.tracking import MlflowClient
 
 import synthetic_data
 from conftest import ROOT
-from tricksweep import space as dsl
 from tricksweep.cli import main
 from tricksweep.runner import run_sweep
 from tricksweep.spec import LoadedSpec, load_spec
@@ -38,8 +36,8 @@ def test_tricks_digits_includes_every_fragment():
 
 def runnable_here(loaded: LoadedSpec, tmp_path: Path, tracking_uri: str) -> LoadedSpec:
     """What a shipped sweep needs to smoke-run in tests: CPU only, tiny synthetic files in the
-    dataset's real format instead of a download, the sweeps it takes weights from run first (in
-    smoke mode), and one random point of each grid so that smoke mode stays at 2 trials."""
+    dataset's real format instead of a download, and the sweeps it takes weights from run first
+    (in smoke mode)."""
     spec = loaded.spec
     spec.resources = spec.resources.model_copy(update={"cpu": 1, "gpu": 0})
     writers = {"mnist": synthetic_data.write_idx, "fashion_mnist": lambda root: synthetic_data.write_idx(root, "FashionMNIST"),
@@ -51,21 +49,13 @@ def runnable_here(loaded: LoadedSpec, tmp_path: Path, tracking_uri: str) -> Load
             continue  # smoke-run already, in this module's store
         run_sweep(load_spec(ROOT / "sweeps" / f"{name}.yaml"), smoke_test=True, tracking_uri=tracking_uri,
                   storage=str(tmp_path / "runs"), echo=lambda _: None)
-    return dataclasses.replace(loaded, space=_no_grids(loaded.space))
+    return loaded
 
 
 def _source_sweeps(raw: object) -> list[str]:
     if isinstance(raw, dict):
         return ([raw["sweep"]] if set(raw) == {"sweep"} else []) + [n for v in raw.values() for n in _source_sweeps(v)]
     return [n for v in raw for n in _source_sweeps(v)] if isinstance(raw, list) else []
-
-
-def _no_grids(node: object) -> object:
-    if isinstance(node, dict):
-        return {k: _no_grids(v) for k, v in node.items()}
-    if isinstance(node, dsl.Choice):
-        return dsl.Choice(tuple(_no_grids(o) for o in node.options), grid=False)
-    return node
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -108,6 +109,8 @@ def smoke(spec: SweepSpec) -> SweepSpec:
     update: dict[str, Any] = {"budget": spec.budget.model_copy(update=budget), "repeats": repeats}
     if isinstance(spec.scheduler, Asha):
         update["scheduler"] = spec.scheduler.model_copy(update={"grace_epochs": 1})
+    if spec.searcher == "grid":
+        update["searcher"] = "random"
     return spec.model_copy(update=update)
 
 
@@ -185,7 +188,10 @@ def run_sweep(
     echo: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run a validated spec as a new sweep: a new Tune experiment and a new MLflow parent run."""
-    spec = smoke(loaded.spec) if smoke_test else loaded.spec
+    spec = loaded.spec
+    if smoke_test:  # one random point of every grid, so that smoke mode stays at 2 trials
+        spec = smoke(loaded.spec)
+        loaded = dataclasses.replace(loaded, space=dsl.without_grids(loaded.space))
     _quiet_tune()
     started = time.monotonic()
     uri = resolve_tracking_uri(tracking_uri, spec.tracking.uri)
@@ -200,7 +206,8 @@ def run_sweep(
         _parent_tags(loaded, spec, smoke_test, storage_path, run_name),
     )
     _log_spec_files(sweep, loaded, spec)
-    echo(f"sweep {spec.name}: {spec.budget.trials * loaded.grid_points * spec.repeats} trials x <= {spec.budget.max_epochs} epochs, "
+    trials = spec.budget.trials * dsl.grid_points(loaded.space, spec.searcher == "grid") * spec.repeats
+    echo(f"sweep {spec.name}: {trials} trials x <= {spec.budget.max_epochs} epochs, "
          f"MLflow run {parent_id} at {uri}")
     tracker = MlflowTrials(
         uri, sweep.experiment_id, parent_id,

@@ -134,6 +134,15 @@ def grid_points(node: Node, grid_searcher: bool = False) -> int:
     return 1
 
 
+def without_grids(node: Node) -> Node:
+    """The same space with every grid turned into a random choice (smoke runs sample 2 points)."""
+    if isinstance(node, dict):
+        return {k: without_grids(v) for k, v in node.items()}
+    if isinstance(node, Choice):
+        return Choice(tuple(without_grids(o) for o in node.options), grid=False)
+    return node
+
+
 def corners(node: Node) -> Iterator[Any]:
     """Concrete values covering every option and both ends of every range, each varied with the
     others held at their first value: what the validator checks against the trainable's config."""
