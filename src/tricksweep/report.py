@@ -527,6 +527,13 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def evaluate_claims(sweep: Sweep, claims: list[dict[str, Any]], seed: int = 0) -> list[ClaimResult]:
+    """Each claim's effect (treatment minus control; with ``versus_where``, the difference of two
+    such effects) with a 95% bootstrap interval over configurations, and a verdict.
+
+    With ``adjust`` (the default) the effect is the treatment coefficient of a linear model that
+    also has every other swept parameter as a categorical covariate: in a random design the other
+    tricks are not confounders, but they are most of the noise, and the model takes it out. Fewer
+    than 3 configurations per column of the model: the plain difference of means (said in the note)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -535,28 +542,54 @@ def evaluate_claims(sweep: Sweep, claims: list[dict[str, Any]], seed: int = 0) -
         measure = claim.get("measure", "best")
         quantity = sweep.metric if measure == "best" else "val_loss" if measure in ("gap", "overshoot") else measure.split("@")[0]
         units = _units(sweep, measure_of(sweep, measure))
+        param = claim["param"]
 
-        def sides(where: dict) -> tuple[list[float], list[float]]:
-            chosen = [(p, v) for p, v in units if _matches(p, where) and claim["param"] in p]
-            treat = [v for p, v in chosen if any(_same(p[claim["param"]], x) for x in claim["treatment"])]
-            ctrl = [v for p, v in chosen if any(_same(p[claim["param"]], x) for x in claim["control"])]
-            return treat, ctrl
+        def side(params: dict) -> int | None:
+            if param not in params:
+                return None
+            if any(_same(params[param], x) for x in claim["treatment"]):
+                return 1
+            if any(_same(params[param], x) for x in claim["control"]):
+                return 0
+            return None
 
-        treat, ctrl = sides(claim.get("where") or {})
         versus = claim.get("versus_where")
-        groups = [treat, ctrl] + (list(sides(versus)) if versus is not None else [])
-        n = (len(treat), len(ctrl))
-        if any(len(g) < 2 for g in groups):
+        rows = []  # (params, value, treated, in `where` (1) or in `versus_where` (0))
+        for params, value in units:
+            treated = side(params)
+            if treated is None:
+                continue
+            if _matches(params, claim.get("where") or {}):
+                rows.append((params, value, treated, 1))
+            elif versus is not None and _matches(params, versus):
+                rows.append((params, value, treated, 0))
+        cells = [(t, w) for w in ((1, 0) if versus is not None else (1,)) for t in (1, 0)]
+        counts = [sum(1 for r in rows if (r[2], r[3]) == cell) for cell in cells]
+        n = (counts[0], counts[1])
+        if min(counts) < 2:
             results.append(ClaimResult(claim["claim"], measure, None, None, n, "inconclusive",
-                                       f"too few configurations ({', '.join(str(len(g)) for g in groups)}; need 2 per side)", quantity))
+                                       f"too few configurations ({', '.join(map(str, counts))}; need 2 per side)", quantity))
             continue
-        arrays = [np.asarray(g, float) for g in groups]
-        draws = [a[rng.integers(0, len(a), size=(BOOTSTRAP, len(a)))].mean(axis=1) for a in arrays]
-        effect = arrays[0].mean() - arrays[1].mean()
-        boot = draws[0] - draws[1]
-        if versus is not None:
-            effect -= arrays[2].mean() - arrays[3].mean()
-            boot = boot - (draws[2] - draws[3])
+        y = np.asarray([r[1] for r in rows], float)
+        basic = [[1.0, r[2], *([r[3], r[2] * r[3]] if versus is not None else [])] for r in rows]
+        target = 3 if versus is not None else 1  # the column whose coefficient is the claim's effect
+        # The claim's own group is left out: its other parameters are aliased with it (optimizer.lr
+        # ranges differ per optimizer.name; crop.p moves with rotate.p in one augment block).
+        group = param.split(".")[0]
+        covariates = _covariates([r[0] for r in rows], exclude=lambda key: key.split(".")[0] == group) if claim.get("adjust", True) else []
+        x = np.asarray([b + c for b, c in zip(basic, covariates)] if covariates else basic, float)
+        note = ""
+        if covariates and len(rows) < 3 * x.shape[1]:
+            # A model with nearly as many columns as rows fits noise: plain difference of means.
+            x, note = np.asarray(basic, float), "unadjusted: too few configurations for the covariates"
+        effect = float(np.linalg.lstsq(x, y, rcond=None)[0][target])
+        boot = []
+        for _ in range(BOOTSTRAP):
+            idx = rng.integers(0, len(rows), size=len(rows))
+            xb = x[idx]
+            if len({(xb[i, 1], xb[i, 2] if versus is not None else 1) for i in range(len(idx))}) < len(cells):
+                continue  # a resample without one of the cells says nothing about the effect
+            boot.append(np.linalg.lstsq(xb, y[idx], rcond=None)[0][target])
         ci = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))
         sign = 1 if claim["expect"] == "higher" else -1
         if ci[0] <= 0 <= ci[1]:
@@ -565,8 +598,23 @@ def evaluate_claims(sweep: Sweep, claims: list[dict[str, Any]], seed: int = 0) -
             verdict = "supported"
         else:
             verdict = "not supported"
-        results.append(ClaimResult(claim["claim"], measure, float(effect), ci, n, verdict, "", quantity))
+        results.append(ClaimResult(claim["claim"], measure, effect, ci, n, verdict, note, quantity))
     return results
+
+
+def _covariates(params_list: list[dict[str, Any]], exclude: Any) -> list[list[float]]:
+    """One-hot columns (first level dropped) of every other swept parameter; numbers with many
+    values in three bins; a conditional parameter's absence is a level of its own."""
+    units = [(p, 0.0) for p in params_list]
+    columns: list[list[float]] = [[] for _ in params_list]
+    for key, label_of in _tricks(units).items():
+        if exclude(key):
+            continue
+        labels = [label_of(p[key]) if key in p else "(inactive)" for p in params_list]
+        for level in sorted(set(labels))[1:]:
+            for row, label in zip(columns, labels):
+                row.append(1.0 if label == level else 0.0)
+    return columns
 
 
 # Plots ------------------------------------------------------------------------------------------

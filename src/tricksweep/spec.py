@@ -79,6 +79,9 @@ class Claim(Strict):
     versus_where: dict[str, Any] | list[dict[str, Any]] | None = Field(
         None, description="interaction: subtract the effect within these trials"
     )
+    adjust: bool = Field(
+        True, description="estimate with the other swept parameters as covariates (less noise); false: plain difference of means"
+    )
 
 
 class SweepSpec(Strict):
