@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Ray 2.59+ turns token auth on once ~/.ray/auth_token exists; our local clusters don't use it.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup quickstart test ui clean
+.PHONY: setup quickstart test bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Performance against the alternatives, measured side by side (README, Performance):
+# ~15 min on 2 CPUs; BENCH_ARGS=--quick for a few minutes. Writes benchmarks/results/latest.json.
+bench: setup $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
 
 ui: setup
 	$(BIN)/tricksweep ui

@@ -1,0 +1,254 @@
+"""GPU check, under 5 minutes on one GPU: is the trainable near a hand-tuned loop, and does
+packing several small trials on one GPU pay?
+
+    python benchmarks/gpu_check.py [--out gpu.json]     # on a machine with a CUDA GPU
+    python benchmarks/gpu_check.py --smoke              # tiny sizes; on the CPU when there is no GPU
+
+G1  images/s of ``trainables.classifier.train`` with the ``resnet`` model (``cnn`` when
+    trainables.models has no ResNet) on CIFAR-shaped synthetic tensors, against an
+    airbench-style bare loop on the same GPU: data resident on the device, normalized once,
+    channels_last, bf16 autocast, same model/optimizer/batch, one validation pass per epoch.
+    Goal >= 0.9.
+G2  four trials of the small ``cnn`` packed on one GPU (``gpu: 0.25`` each, through Ray Tune)
+    against one trial alone: total steady-state images/s. Goal >= 2.5x.
+
+Synthetic data: ``trainables.data.load`` is replaced in each process by a loader returning
+random uint8 tensors shaped like CIFAR-10, so no download is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PLACEHOLDER_DATA = {"name": "digits"}  # validated by the Config, never read: load() is patched
+
+
+def synthetic_split(n_train: int, n_val: int, shape=(3, 32, 32), classes: int = 10, seed: int = 0):
+    import torch
+
+    from trainables.data import Split
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n_train + n_val, *shape), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, classes, (n_train + n_val,), generator=gen)
+    return Split(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)
+
+
+@contextlib.contextmanager
+def patched_data(split) -> Iterator[None]:
+    from trainables import data
+
+    original = data.load
+    data.load = lambda options: split
+    try:
+        yield
+    finally:
+        data.load = original
+
+
+def model_choice(preferred: str = "resnet") -> tuple[dict, str]:
+    from trainables.models import MODELS
+
+    if preferred in MODELS:
+        return {"name": preferred, "width": 64, "depth": 3}, preferred
+    return {"name": "cnn", "width": 64}, f"cnn (no '{preferred}' in trainables.models)"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def trainable_rate(raw: dict, split, device: str) -> float:
+    from benchmarks.peers import NullReport
+    from trainables import classifier
+
+    cfg = classifier.Config.model_validate({**raw, "device": device})
+    with patched_data(split):
+        classifier.train(cfg.model_copy(update={"epochs": 1}), NullReport())  # warm-up: cuDNN autotune, allocator
+        _sync(device)
+        started = time.perf_counter()
+        classifier.train(cfg, NullReport())
+        _sync(device)
+    return len(split.y_train) * cfg.epochs / (time.perf_counter() - started)
+
+
+def airbench_rate(raw: dict, split, device: str) -> float:
+    """The airbench recipe's mechanics on the same model and optimizer: tensors on the device,
+    normalized once, channels_last, bf16 autocast, randperm slices, no per-batch host syncs."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainables import classifier
+
+    cfg = classifier.Config.model_validate({**raw, "device": device})
+    dev = torch.device(device)
+    # bf16 autocast on the GPU; the CPU fallback only checks the script runs, where bf16 is slow.
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def run(epochs: int) -> None:
+        x = split.x_train.to(dev).float().div_(255)
+        mean, std = x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        y = split.y_train.to(dev)
+        xv = ((split.x_val.to(dev).float().div_(255) - mean) / std).contiguous(memory_format=torch.channels_last)
+        yv = split.y_val.to(dev)
+        torch.manual_seed(cfg.seed)
+        model = cfg.model.build(split.shape, split.classes, cfg.batch_norm, cfg.dropout)
+        cfg.init.apply(model)
+        model = model.to(dev, memory_format=torch.channels_last)
+        opt = cfg.optimizer.build(model.parameters())
+        n, bs = len(y), cfg.batch_size
+        for _ in range(epochs):
+            model.train()
+            for idx in torch.randperm(n, device=dev).split(bs):
+                with amp:
+                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad(), amp:
+                correct = sum((model(xb).argmax(1) == yb).sum() for xb, yb in zip(xv.split(2048), yv.split(2048)))
+            float(correct)
+
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run(1)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    run(cfg.epochs)
+    _sync(device)
+    return len(split.y_train) * cfg.epochs / (time.perf_counter() - started)
+
+
+def packed_trial(config: dict[str, Any], fixed: dict[str, Any], sizes: dict[str, int], device: str) -> None:
+    """A Tune function trainable: synthetic CIFAR-shaped data in this worker, then the classifier."""
+    import torch
+
+    from benchmarks.peers import _PlainTuneReport
+    from trainables import classifier
+
+    torch.set_num_threads(1)
+    split = synthetic_split(sizes["n_train"], sizes["n_val"])
+    cfg = classifier.Config.model_validate({**config, **fixed, "device": device})
+    with patched_data(split):
+        classifier.train(cfg, _PlainTuneReport())
+
+
+def packing(trials: int, gpu_share: float, raw: dict, sizes: dict[str, int], device: str, storage: str) -> dict:
+    """Run ``trials`` trials at once, each with ``gpu_share`` of the GPU (CPU: half a CPU each);
+    total steady-state images/s = sum over trials of n / median epoch time, first epoch excluded."""
+    from ray import tune
+
+    resources = {"cpu": 1, "gpu": gpu_share} if device == "cuda" else {"cpu": 0.5}
+    fn = tune.with_parameters(packed_trial, fixed={**raw, "data": PLACEHOLDER_DATA}, sizes=sizes, device=device)
+    tuner = tune.Tuner(
+        tune.with_resources(fn, resources),
+        param_space={"seed": tune.grid_search(list(range(trials)))},
+        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", max_concurrent_trials=trials),
+        run_config=tune.RunConfig(name=f"pack-{trials}-{time.time_ns()}", storage_path=storage, verbose=0),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    if grid.num_errors:
+        raise RuntimeError(f"{grid.num_errors} packed trials failed: {grid.errors}")
+    total = 0.0
+    for result in grid:
+        times = list(result.metrics_dataframe["epoch_time_s"])
+        steady = times[1:] or times
+        total += sizes["n_train"] / statistics.median(steady)
+    return {"images_per_s": total, "wall_s": wall, "trials": trials}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="GPU check: trainable vs airbench-style loop; trial packing")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU when no GPU): checks the script runs")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--no-pack", action="store_true", help="skip G2 (it starts a local Ray)")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    big = device == "cuda" and not args.smoke
+    sizes = {"n_train": 20_000, "n_val": 2_000} if big else {"n_train": 256, "n_val": 64}
+    epochs = 4 if big else 1
+    batch = 512 if big else 64
+    notes = [f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu (no CUDA GPU: fallback run)'}"]
+    if device == "cpu":
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    rows = []
+
+    model, label = model_choice("resnet")
+    if not model["name"] == "resnet":
+        notes.append(f"G1 model: {label}")
+    if not big:
+        model = {**model, "width": 8}
+    raw = {"model": model, "data": PLACEHOLDER_DATA, "epochs": epochs, "batch_size": batch, "batch_norm": True,
+           "optimizer": {"name": "sgd_momentum", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+           "checkpoint_every": epochs}
+    split = synthetic_split(**sizes)
+    ours = trainable_rate(raw, split, device)
+    ref = airbench_rate(raw, split, device)
+    ratio = ours / ref
+    rows.append({"id": "G1", "system": f"ours: classifier.train ({label})", "value": ours, "unit": "img/s",
+                 "ratio": ratio, "goal": ">= 0.9", "passed": ratio >= 0.9 if device == "cuda" else None})
+    rows.append({"id": "G1", "system": "airbench-style loop (device data, channels_last, bf16)", "value": ref,
+                 "unit": "img/s", "ratio": 1.0, "goal": "peer", "passed": None})
+
+    if not args.no_pack:
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        small = {**raw, "model": {"name": "cnn", "width": 32 if big else 8}, "epochs": 6 if big else 2,
+                 "checkpoint_every": 6 if big else 2}
+        storage = tempfile.mkdtemp(prefix="gpu-check-")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+                 num_cpus=None if device == "cuda" else 2)
+        try:
+            alone = packing(1, 1.0, small, sizes, device, storage)
+            packed = packing(4, 0.25, small, sizes, device, storage)
+        finally:
+            ray.shutdown()
+        ratio = packed["images_per_s"] / alone["images_per_s"]
+        rows.append({"id": "G2", "system": "4 trials packed (gpu: 0.25 each), total", "value": packed["images_per_s"],
+                     "unit": "img/s", "ratio": ratio, "goal": ">= 2.5", "passed": ratio >= 2.5 if device == "cuda" else None,
+                     "note": f"wall {packed['wall_s']:.1f} s"})
+        rows.append({"id": "G2", "system": "1 trial alone", "value": alone["images_per_s"], "unit": "img/s",
+                     "ratio": 1.0, "goal": "peer", "passed": None, "note": f"wall {alone['wall_s']:.1f} s"})
+
+    print("| id | system | value | ratio | goal | result |")
+    print("|---|---|---:|---:|---|---|")
+    for r in rows:
+        result = {True: "PASS", False: "FAIL", None: "-"}[r["passed"]]
+        print(f"| {r['id']} | {r['system']} | {r['value']:.0f} {r['unit']} | {r['ratio']:.2f} | {r['goal']} | {result} |")
+    for note in notes:
+        print(f"- {note}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": device, "rows": rows, "notes": notes, "sizes": sizes}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,853 @@
+"""Runs P1-P6 side by side in one process on one machine, prints one table, writes it as JSON.
+
+    python -m benchmarks [--quick | --smoke] [--out PATH] [--only P1,P3] [--strict] [--keep]
+
+Stop a run with SIGTERM (``kill PID``): Ctrl-C only stops the sweep Tune is running.
+
+Every "ours" number goes through the project's real entry points: ``tricksweep.runner.run_sweep``
+on a ``LoadedSpec`` (from a spec file written to a temporary folder), tracking to a temporary
+sqlite store (or a local ``mlflow server``). Peers run in the same invocation on the same local
+Ray: a bare in-process loop, plain Ray Tune (defaults, and with ``reuse_actors``), Ray's
+``MLflowLoggerCallback`` and Optuna. Times are minimums over ``reps`` interleaved repetitions
+where a section repeats, so a burst of load from another process hurts one repetition, not all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SLOTS = 2  # concurrent trials: the goals are stated for 2 CPUs, 1 CPU per trial
+DIGITS = {"name": "digits", "val_fraction": 0.2}
+TRIVIAL = "bench_trivial"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    p1_dims: int  # the reference workload has 2**p1_dims configs (grid)
+    p1_epochs: int
+    reps: int  # interleaved repetitions of the P1/P3 sweeps
+    p2_epochs: int
+    p2_reps: int
+    p4_trials: int
+    p4_epochs: int
+    p4_grace: int
+    p5_seeds: int
+    p5_trials: int
+    p5_epochs: int
+    p5_grace: int
+    p6_trials: int
+    p6_peer_trials: int  # plain Tune without actor reuse costs seconds per trial: fewer trials for peers
+
+
+SIZES = {
+    "full": Sizes(4, 10, 2, 10, 3, 32, 30, 2, 5, 16, 9, 1, 1000, 60),
+    "quick": Sizes(3, 5, 1, 5, 2, 16, 9, 1, 2, 8, 9, 1, 200, 40),
+    "smoke": Sizes(0, 2, 1, 1, 1, 4, 3, 1, 1, 4, 3, 1, 6, 4),
+}
+
+# Every (id, system) the run produces; tests/test_benchmarks.py checks the JSON against it.
+EXPECTED_ROWS: list[tuple[str, str]] = [
+    ("P1", "ideal: bare loop Σ/slots"),
+    ("P1", "ours"),
+    ("P1", "tune defaults"),
+    ("P1", "tune reuse_actors"),
+    ("P1", "ours, tracking off"),
+    ("P1", "ours + Ray MLflowLoggerCallback"),
+    ("P1", "cold start of a fresh worker process"),
+    ("P1", "ours vs ideal + one cold start per slot"),
+    ("P1-lever", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1"),
+    ("P1-lever", "checkpoint last epoch only"),
+    ("P1-lever", "num_to_keep=None: no forced snapshot per checkpoint"),
+    ("P1-lever", "all three"),
+    ("P2", "minimal PyTorch loop"),
+    ("P2", "ours: classifier.train"),
+    ("P2", "+ checkpoint every epoch"),
+    ("P2", "+ augmentation rotate+crop"),
+    ("P2", "+ augmentation all six ops"),
+    ("P2", "2 torch threads"),
+    ("P3", "tracking off (engine, no callbacks)"),
+    ("P3", "ours, sqlite"),
+    ("P3", "ours, mlflow server"),
+    ("P3", "Ray MLflowLoggerCallback, sqlite"),
+    ("P4", "epochs used / no stopping"),
+    ("P4", "best-accuracy gap"),
+    ("P4", "time-to-target / one full trial"),
+    ("P4", "wall ASHA / no stopping"),
+    ("P5", "ours: median best accuracy"),
+    ("P5", "optuna: median best accuracy"),
+    ("P5", "ours: median wall"),
+    ("P5", "optuna: median wall"),
+    ("P6", "ours, tracking on"),
+    ("P6", "ours, driver RSS growth"),
+    ("P6", "ours, tracking off"),
+    ("P6", "tune reuse_actors"),
+    ("P6", "tune defaults"),
+    ("P6", "optuna in-memory"),
+]
+
+
+@dataclass
+class Row:
+    id: str
+    measure: str
+    system: str
+    value: float | None
+    unit: str
+    ratio: float | None = None
+    goal: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Bench:
+    mode: str
+    sizes: Sizes
+    workdir: Path
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    _counter: int = 0
+
+    @property
+    def sqlite(self) -> str:
+        return f"sqlite:///{self.workdir / 'mlflow.db'}"
+
+    @property
+    def p6_sqlite(self) -> str:
+        return f"sqlite:///{self.workdir / 'p6.db'}"
+
+    @property
+    def storage(self) -> str:
+        return str(self.workdir / "runs")
+
+    def name(self, stem: str) -> str:
+        self._counter += 1
+        return f"{stem}-{self._counter:03d}"
+
+    def add(self, id: str, measure: str, system: str, value: float | None, unit: str, **kw: Any) -> Row:
+        row = Row(id, measure, system, value, unit, **kw)
+        self.rows.append(row)
+        return row
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def quiet(_: str) -> None:
+    """run_sweep's echo: the benchmark prints its own progress."""
+
+
+# --------------------------------------------------------------------------------------------
+# Specs and the ways a sweep is run
+
+
+def write_spec(bench: Bench, stem: str, space: dict, *, trials: int, max_epochs: int, scheduler: dict,
+               seed: int = 0, every: int = 1, trainable: str = "classifier", metric: str = "val_accuracy"):
+    from tricksweep.spec import load_spec
+
+    name = bench.name(stem)
+    data = {
+        "name": name, "trainable": trainable, "dataset": DIGITS, "metric": metric, "mode": "max",
+        "budget": {"trials": trials, "max_epochs": max_epochs}, "scheduler": scheduler, "searcher": "random",
+        "resources": {"cpu": 1, "gpu": 0}, "seed": seed, "checkpoint": {"every_epochs": every}, "space": space,
+    }
+    import yaml
+
+    folder = bench.workdir / "specs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path)
+
+
+@contextlib.contextmanager
+def env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def unforced_snapshots() -> Iterator[None]:
+    """Prototype of one engine change without editing it: the engine's
+    ``CheckpointConfig(num_to_keep=1)`` makes Tune force an experiment-state snapshot (all
+    trials' state, written and synced) after every trial checkpoint. Here ``num_to_keep`` is
+    dropped while the engine builds its Tuner, so snapshots follow Tune's periodic default."""
+    from ray import tune
+
+    original = tune.CheckpointConfig
+
+    def patched(*args: Any, **kwargs: Any):
+        kwargs["num_to_keep"] = None
+        return original(*args, **kwargs)
+
+    tune.CheckpointConfig = patched
+    try:
+        yield
+    finally:
+        tune.CheckpointConfig = original
+
+
+def run_ours(bench: Bench, loaded, uri: str | None = None, env_vars: dict[str, str] | None = None,
+             snapshots: bool = True):
+    from tricksweep.runner import run_sweep
+
+    with env(env_vars or {}), (contextlib.nullcontext() if snapshots else unforced_snapshots()):
+        started = time.perf_counter()
+        outcome = run_sweep(loaded, tracking_uri=uri or bench.sqlite, storage=bench.storage, echo=quiet)
+        wall = time.perf_counter() - started
+    if outcome.errors:
+        raise RuntimeError(f"{loaded.spec.name}: {outcome.errors} trials failed")
+    return wall, outcome
+
+
+def run_engine(bench: Bench, loaded, callbacks: list | None = None) -> float:
+    """The engine's own Tuner (``runner.build_tuner``: same trainable wrapper, actor reuse,
+    checkpoint config) with the given callbacks instead of tricksweep's MLflow tracker: run_sweep
+    has no switch to turn tracking off, so this is "tracking off"."""
+    from tricksweep.runner import build_tuner
+
+    tuner = build_tuner(loaded, loaded.spec, bench.storage, bench.name("engine"), callbacks or [])
+    started = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    if grid.num_errors:
+        raise RuntimeError(f"{loaded.spec.name}: {grid.num_errors} trials failed")
+    return wall
+
+
+def run_plain(bench: Bench, loaded, reuse_actors: bool) -> float:
+    from benchmarks.peers import plain_tuner
+    from tricksweep.runner import param_space
+
+    spec = loaded.spec
+    fixed = {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
+    from trainables import TRAINABLES
+
+    tuner = plain_tuner(
+        param_space(loaded), fixed, storage=bench.storage, name=bench.name("plain"), reuse_actors=reuse_actors,
+        seed=spec.seed, num_samples=spec.budget.trials, module=TRAINABLES[spec.trainable], metric=spec.metric,
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    if grid.num_errors:
+        raise RuntimeError(f"plain tune: {grid.num_errors} trials failed")
+    return wall
+
+
+def ray_mlflow_callback(uri: str, experiment: str):
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment, save_artifact=False)
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A local ``mlflow server --workers 1`` on 127.0.0.1, as the design's cluster setup runs it.
+    Job execution (huey consumers) is off: the benchmark measures tracking, not MLflow's job runner."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
+    cmd += ["server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+            str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(folder / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
+            time.sleep(0.25)
+        yield uri
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers only
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+class RssSampler:
+    """Samples this process's resident memory every ``every_s`` seconds on a thread."""
+
+    def __init__(self, every_s: float = 0.2):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - t0, self._proc.memory_info().rss))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((self.samples[-1][0] if self.samples else 0.0, self._proc.memory_info().rss))
+
+
+# --------------------------------------------------------------------------------------------
+# P1 + P3: the reference workload, side by side
+
+
+GRID: list[tuple[str, list]] = [
+    ("optimizer", [{"name": "adam", "lr": 0.003}, {"name": "sgd_momentum", "lr": 0.05, "momentum": 0.9}]),
+    ("init", ["xavier", "he"]),
+    ("batch_norm", [False, True]),
+    ("dropout", [0.0, 0.2]),
+]
+MODEL = {"name": "cnn", "width": 32}
+
+
+def reference_space(dims: int) -> dict:
+    """2**dims configs as a grid (one trial each), every trial with seed 0: a bare loop can run
+    exactly the configs the sweep runs."""
+    space: dict[str, Any] = {"model": MODEL, "seed": 0}
+    for i, (key, values) in enumerate(GRID):
+        space[key] = {"grid": values} if i < dims else values[0]
+    return space
+
+
+def reference_configs(dims: int, epochs: int) -> list[dict]:
+    import itertools
+
+    axes = [values if i < dims else values[:1] for i, (_, values) in enumerate(GRID)]
+    return [
+        {"model": MODEL, "seed": 0, "data": DIGITS, "epochs": epochs, "checkpoint_every": 1,
+         **{key: value for (key, _), value in zip(GRID, point)}}
+        for point in itertools.product(*axes)
+    ]
+
+
+COLD_START = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads(1)
+from trainables import ListReport, classifier
+cfg = classifier.Config.model_validate(json.loads(sys.argv[1]))
+t1 = time.perf_counter(); classifier.train(cfg, ListReport()); t2 = time.perf_counter()
+classifier.train(cfg, ListReport()); t3 = time.perf_counter()
+print(json.dumps({"first": t2 - t0, "warm": t3 - t2}))
+"""
+
+
+def cold_start(config: dict) -> float:
+    """Seconds a fresh Python process spends before its first trial runs at warm speed: imports
+    (torch, sklearn via the dataset, torch._dynamo via the optimizer) and first-use costs. Every
+    new Ray actor pays it; a bare loop in a warm process does not."""
+    out = subprocess.run([sys.executable, "-c", COLD_START, json.dumps(config)], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return times["first"] - times["warm"]
+
+
+def section_p1_p3(bench: Bench) -> None:
+    from benchmarks.peers import bare_loop
+
+    z = bench.sizes
+    epochs, n = z.p1_epochs, 2**z.p1_dims
+    space = reference_space(z.p1_dims)
+    spec_args = {"trials": 1, "max_epochs": epochs, "scheduler": {"type": "none"}}
+    every1 = write_spec(bench, "p1", space, **spec_args)
+    last_only = write_spec(bench, "p1-ckpt-last", space, every=epochs, **spec_args)
+    configs = reference_configs(z.p1_dims, epochs)
+    assert len(configs) == n == every1.trials_total
+    no_loggers = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+    walls: dict[str, list[float]] = {}
+    with mlflow_server(bench.workdir / "server") as server_uri:
+        runs: list[tuple[str, Callable[[], float]]] = [
+            ("bare", lambda: sum(bare_loop(configs)) / SLOTS),
+            ("cold", lambda: cold_start(configs[0])),
+            ("ours", lambda: run_ours(bench, every1)[0]),
+            ("off", lambda: run_engine(bench, every1)),
+            ("server", lambda: run_ours(bench, every1, uri=server_uri)[0]),
+            ("raycb", lambda: run_engine(bench, every1, [ray_mlflow_callback(bench.sqlite, bench.name("raycb"))])),
+            ("no-loggers", lambda: run_ours(bench, every1, env_vars=no_loggers)[0]),
+            ("ckpt-last", lambda: run_ours(bench, last_only)[0]),
+            ("no-forced-snapshots", lambda: run_ours(bench, every1, snapshots=False)[0]),
+            ("all", lambda: run_ours(bench, last_only, env_vars=no_loggers, snapshots=False)[0]),
+            ("tune-reuse", lambda: run_plain(bench, every1, reuse_actors=True)),
+            ("tune-defaults", lambda: run_plain(bench, every1, reuse_actors=False)),
+        ]
+        for rep in range(z.reps):
+            for key, fn in runs:
+                wall = fn()
+                walls.setdefault(key, []).append(wall)
+                say(f"  P1/P3 rep {rep + 1}/{z.reps} {key}: {wall:.2f} s")
+    best = {k: min(v) for k, v in walls.items()}
+    bench.details["p1_p3_walls_s"] = walls
+    ideal = best["bare"]
+    m = f"sweep wall / ideal ({n} digits configs x {epochs} epochs, {SLOTS} slots)"
+    bench.add("P1", m, "ideal: bare loop Σ/slots", ideal, "s", ratio=1.0)
+    r = best["ours"] / ideal
+    bench.add("P1", m, "ours", best["ours"], "s", ratio=r, goal="<= 1.2", passed=r <= 1.2)
+    for key, system in (("tune-defaults", "tune defaults"), ("tune-reuse", "tune reuse_actors"),
+                        ("off", "ours, tracking off"), ("raycb", "ours + Ray MLflowLoggerCallback")):
+        bench.add("P1", m, system, best[key], "s", ratio=best[key] / ideal, goal="peer")
+    cold = best["cold"]
+    bench.add("P1", m, "cold start of a fresh worker process", cold, "s", goal="info",
+              note="imports + first use in a new process; each sweep starts new actors, one per slot")
+    r_cold = best["ours"] / (ideal + cold)
+    bench.add("P1", m, "ours vs ideal + one cold start per slot", ideal + cold, "s", ratio=r_cold, goal="info",
+              note="ours wall / (ideal + cold start): what orchestration adds beyond process start-up")
+    per_trial = (best["ours"] - ideal - cold) * SLOTS / n
+    bench.notes.append(f"P1: beyond one cold start per slot, ours spends {per_trial:.2f} s per trial per slot over "
+                       f"the bare loop ({per_trial / epochs * 1000:.0f} ms per epoch)")
+
+    # Levers, prototyped without touching the engine: gain against "ours" in the same run.
+    lever_m = "engine lever: ours wall with the lever / ours"
+    results_per_run = n * epochs
+    for key, system, unit_cost in (
+        ("no-loggers", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1", ("result", results_per_run)),
+        ("ckpt-last", "checkpoint last epoch only", ("checkpoint", n * (epochs - 1))),
+        ("no-forced-snapshots", "num_to_keep=None: no forced snapshot per checkpoint", ("checkpoint", n * epochs)),
+        ("all", "all three", None),
+    ):
+        saved = best["ours"] - best[key]
+        note = f"saves {saved:.2f} s ({saved / best['ours'] * 100:.0f} %)"
+        if unit_cost and unit_cost[1]:
+            # Units spread over the slots: the time one slot loses per unit.
+            note += f", {saved * SLOTS / unit_cost[1] * 1000:.0f} ms per {unit_cost[0]} per slot"
+        bench.add("P1-lever", lever_m, system, best[key], "s", ratio=best[key] / best["ours"], goal="info",
+                  note=note + f"; wall / ideal {best[key] / ideal:.2f}")
+
+    m3 = f"sweep wall with tracking / tracking off (P1 workload)"
+    off = best["off"]
+    bench.add("P3", m3, "tracking off (engine, no callbacks)", off, "s", ratio=1.0,
+              note="runner.build_tuner with no callbacks: run_sweep has no off switch")
+    for key, system, goal in (("ours", "ours, sqlite", True), ("server", "ours, mlflow server", True),
+                              ("raycb", "Ray MLflowLoggerCallback, sqlite", False)):
+        r = best[key] / off
+        bench.add("P3", m3, system, best[key], "s", ratio=r, goal="<= 1.05" if goal else "peer",
+                  passed=(r <= 1.05) if goal else None)
+
+
+# --------------------------------------------------------------------------------------------
+# P2: trainable throughput against a minimal loop
+
+
+def section_p2(bench: Bench) -> None:
+    from benchmarks.peers import minimal_loop, trainable_throughput
+
+    z = bench.sizes
+    e = z.p2_epochs
+    base = {"model": MODEL, "data": DIGITS, "epochs": e, "batch_size": 64, "seed": 0,
+            "optimizer": {"name": "adam", "lr": 0.003}, "checkpoint_every": e}
+    aug2 = {"rotate": {"p": 0.5, "degrees": 10}, "crop": {"p": 0.5, "mode": "pad", "padding": 1}}
+    aug6 = {**aug2, "flip": {"p": 0.5}, "noise": {"p": 0.5}, "color": {"p": 0.5}, "contrast": {"p": 0.5}}
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("minimal", lambda: minimal_loop(base)),
+        ("trainable", lambda: trainable_throughput(base)),
+        ("ckpt", lambda: trainable_throughput({**base, "checkpoint_every": 1})),
+        ("aug2", lambda: trainable_throughput({**base, "augment": aug2})),
+        ("aug6", lambda: trainable_throughput({**base, "augment": aug6})),
+        ("threads2", lambda: trainable_throughput(base, threads=2)),
+    ]
+    trainable_throughput({**base, "epochs": 1})  # warm-up: dataset cache, torch kernels
+    speeds: dict[str, list[float]] = {}
+    for _ in range(z.p2_reps):
+        for key, fn in cases:
+            speeds.setdefault(key, []).append(fn())
+    best = {k: max(v) for k, v in speeds.items()}
+    bench.details["p2_images_per_s"] = speeds
+    import torch
+
+    torch.set_num_threads(1)
+    m = f"images/s, cnn w32, batch 64, 1 thread, digits in memory, {e} epochs"
+    bench.add("P2", m, "minimal PyTorch loop", best["minimal"], "img/s", ratio=1.0,
+              note="pre-normalized tensors, randperm slices, 1 val pass per epoch")
+    r = best["trainable"] / best["minimal"]
+    bench.add("P2", m, "ours: classifier.train", best["trainable"], "img/s", ratio=r, goal=">= 0.95", passed=r >= 0.95,
+              note="checkpoint at the last epoch only")
+    from trainables import data
+
+    n_train = len(data.load(data.Digits.model_validate(DIGITS)).y_train)
+    ckpt_ms = (n_train * e / best["ckpt"] - n_train * e / best["trainable"]) / max(1, e - 1) * 1000
+    bench.add("P2", m, "+ checkpoint every epoch", best["ckpt"], "img/s", ratio=best["ckpt"] / best["trainable"],
+              goal="info", note=f"{ckpt_ms:.1f} ms per checkpoint (torch.save in the trainable, no Tune)")
+    for key, system in (("aug2", "+ augmentation rotate+crop"), ("aug6", "+ augmentation all six ops")):
+        bench.add("P2", m, system, best[key], "img/s", ratio=best[key] / best["trainable"], goal="info",
+                  note=f"augmentation costs {(best['trainable'] / best[key] - 1) * 100:.0f} % of epoch time")
+    bench.add("P2", m, "2 torch threads", best["threads2"], "img/s", ratio=best["threads2"] / best["trainable"],
+              goal="info", note="vs 1 thread; a sweep runs 1 thread per slot (2 threads collapse when other work shares the CPUs)")
+
+
+# --------------------------------------------------------------------------------------------
+# P4 + P5: ASHA and the Optuna comparison on the quickstart space
+
+
+def quickstart_space() -> dict:
+    """sweeps/quickstart.yaml's space with its `optimizer` fragment inlined (no include lookup)."""
+    import yaml
+
+    from tricksweep import space as dsl
+
+    spec = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
+    merged: dict = {}
+    for name in spec.get("include", []):
+        merged = dsl.merge(merged, yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text()))
+    return dsl.merge(merged, spec["space"])
+
+
+def child_histories(outcome, keys: tuple[str, ...]) -> tuple[int, list[dict[str, list]]]:
+    """(parent start ms, [per child run: key -> [(timestamp_ms, step, value)]]) from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=outcome.tracking_uri)
+    parent = client.get_run(outcome.parent_run_id)
+    children = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'",
+        max_results=5000,
+    )
+    out = []
+    for child in children:
+        out.append({k: [(m.timestamp, m.step, m.value) for m in client.get_metric_history(child.info.run_id, k)]
+                    for k in keys})
+    return parent.info.start_time, out
+
+
+def section_p4(bench: Bench) -> None:
+    z = bench.sizes
+    space = quickstart_space()
+    asha_spec = write_spec(bench, "p4-asha", space, trials=z.p4_trials, max_epochs=z.p4_epochs,
+                           scheduler={"type": "asha", "grace_epochs": z.p4_grace, "reduction_factor": 3})
+    full_spec = write_spec(bench, "p4-full", space, trials=z.p4_trials, max_epochs=z.p4_epochs,
+                           scheduler={"type": "none"})
+    asha_wall, asha = run_ours(bench, asha_spec)
+    say(f"  P4 ASHA: {asha_wall:.1f} s")
+    full_wall, full = run_ours(bench, full_spec)
+    say(f"  P4 no stopping: {full_wall:.1f} s")
+
+    def key(row) -> tuple:
+        return (row.config.get("seed"), json.dumps(row.config, sort_keys=True, default=str))
+
+    same = sorted(map(key, asha.rows)) == sorted(map(key, full.rows))
+    if asha.best is None or full.best is None or asha.best.value is None or full.best.value is None:
+        raise RuntimeError("P4: a sweep reported no val_accuracy")
+    asha_epochs = sum(r.epochs for r in asha.rows)
+    full_epochs = sum(r.epochs for r in full.rows)
+    best_asha, best_full = asha.best.value, full.best.value
+    gap = (best_full - best_asha) * 100
+    m = f"ASHA (grace {z.p4_grace}, eta 3) on {z.p4_trials} trials x {z.p4_epochs} epochs vs no stopping, same configs+seeds"
+    r = asha_epochs / full_epochs
+    bench.add("P4", m, "epochs used / no stopping", asha_epochs, "epochs", ratio=r, goal="<= 0.4", passed=r <= 0.4,
+              note=f"no stopping: {full_epochs} epochs")
+    bench.add("P4", m, "best-accuracy gap", gap, "pt", ratio=None, goal="<= 0.5 pt", passed=gap <= 0.5,
+              note=f"best {best_asha:.4f} (ASHA) vs {best_full:.4f} (no stopping)"
+                   + ("" if same else "; WARNING: the two sweeps drew different configs"))
+
+    # Time to target: when did the ASHA sweep first report an accuracy within 0.5 pt of the
+    # no-stopping best, measured from the sweep's start (parent run created), in units of one
+    # full trial's training time (median over the no-stopping trials of the sum of epoch times).
+    target = best_full - 0.005
+    start_ms, histories = child_histories(asha, ("val_accuracy",))
+    hits = [ts for h in histories for ts, _, v in h["val_accuracy"] if v >= target]
+    _, full_hist = child_histories(full, ("epoch_time_s",))
+    trial_s = statistics.median(sum(v for _, _, v in h["epoch_time_s"]) for h in full_hist)
+    ttt = (min(hits) - start_ms) / 1000 if hits else math.inf
+    bench.add("P4", m, "time-to-target / one full trial", ttt / trial_s if hits else None, "x", goal="info",
+              note=f"target {target:.4f} reached after {ttt:.1f} s; one full trial trains {trial_s:.1f} s"
+                   if hits else f"target {target:.4f} not reached")
+    bench.add("P4", m, "wall ASHA / no stopping", asha_wall, "s", ratio=asha_wall / full_wall, goal="info",
+              note=f"no stopping {full_wall:.1f} s")
+    bench.details["p4"] = {"asha_wall_s": asha_wall, "full_wall_s": full_wall, "same_configs": same,
+                           "asha_statuses": _count(r.status for r in asha.rows)}
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def section_p5(bench: Bench) -> None:
+    from benchmarks.peers import optuna_study
+    from tricksweep import space as dsl
+
+    z = bench.sizes
+    raw = quickstart_space()
+    parsed = dsl.parse(raw)
+    fixed = {"data": DIGITS, "epochs": z.p5_epochs, "checkpoint_every": 1}
+    ours_best, ours_wall, opt_best, opt_wall, per_seed = [], [], [], [], []
+    for seed in range(z.p5_seeds):
+        spec = write_spec(bench, f"p5-s{seed}", raw, trials=z.p5_trials, max_epochs=z.p5_epochs, seed=seed,
+                          scheduler={"type": "asha", "grace_epochs": z.p5_grace, "reduction_factor": 3})
+        wall, outcome = run_ours(bench, spec)
+        epochs = sum(r.epochs for r in outcome.rows)
+        peer = optuna_study(parsed, fixed, trials=z.p5_trials, grace=z.p5_grace, reduction_factor=3, seed=seed)
+        ours_best.append(outcome.best.value)
+        ours_wall.append(wall)
+        opt_best.append(peer["best"])
+        opt_wall.append(peer["wall_s"])
+        per_seed.append({"seed": seed, "ours": {"best": outcome.best.value, "wall_s": wall, "epochs": epochs},
+                         "optuna": peer})
+        say(f"  P5 seed {seed}: ours {outcome.best.value:.4f} in {wall:.1f} s ({epochs} ep), "
+            f"optuna {peer['best']:.4f} in {peer['wall_s']:.1f} s ({peer['epochs']} ep)")
+    bench.details["p5"] = per_seed
+    m = f"vs Optuna TPE + successive halving, {z.p5_trials} trials x {z.p5_epochs} epochs, {z.p5_seeds} seeds, 2 workers"
+    ob, mb = statistics.median(opt_best), statistics.median(ours_best)
+    ow, mw = statistics.median(opt_wall), statistics.median(ours_wall)
+    ours_ep = statistics.median(s["ours"]["epochs"] for s in per_seed)
+    opt_ep = statistics.median(s["optuna"]["epochs"] for s in per_seed)
+    bench.add("P5", m, "ours: median best accuracy", mb, "acc", ratio=mb / ob, goal=">= optuna", passed=mb >= ob,
+              note=f"ours random + ASHA; median epochs {ours_ep:g}")
+    bench.add("P5", m, "optuna: median best accuracy", ob, "acc", ratio=1.0, goal="peer",
+              note=f"median epochs {opt_ep:g}")
+    r = mw / ow
+    bench.add("P5", m, "ours: median wall", mw, "s", ratio=r, goal="<= 1.1", passed=r <= 1.1,
+              note="includes MLflow tracking and sweep setup")
+    bench.add("P5", m, "optuna: median wall", ow, "s", ratio=1.0, goal="peer", note="in-memory, n_jobs=2 threads, no tracking")
+
+
+# --------------------------------------------------------------------------------------------
+# P6: many trivial trials
+
+
+def section_p6(bench: Bench) -> None:
+    from benchmarks.peers import optuna_trivial
+
+    z = bench.sizes
+    space = {"x": {"uniform": [0.0, 1.0]}}
+
+    def spec(trials: int):
+        return write_spec(bench, "p6", space, trials=trials, max_epochs=1, scheduler={"type": "none"},
+                          trainable=TRIVIAL, metric="score")
+
+    n, k = z.p6_trials, z.p6_peer_trials
+    m = f"seconds per trial per slot, trivial 1-epoch trainable, {SLOTS} slots"
+    uri = bench.p6_sqlite
+    with RssSampler() as rss:
+        wall, outcome = run_ours(bench, spec(n), uri=uri)
+    per = wall * SLOTS / n
+    bench.add("P6", m, "ours, tracking on", per, "s", goal="<= 0.2", passed=per <= 0.2,
+              note=f"{n} trials in {wall:.1f} s, sqlite")
+    samples = [b for _, b in rss.samples]
+    start, peak, end = samples[0], max(samples), samples[-1]
+    # Growth over the second half of the sweep, scaled to 1,000 trials: start-up allocations excluded.
+    half = [b for t, b in rss.samples if t >= (rss.samples[-1][0] / 2)]
+    growth_mb = (end - half[0]) / 2**20 * 1000 / (n / 2) if half else math.nan
+    bench.add("P6", m, "ours, driver RSS growth", growth_mb, "MB/1000 trials", goal="flat (report)",
+              note=f"RSS start {start / 2**20:.0f} MB, peak {peak / 2**20:.0f} MB, end {end / 2**20:.0f} MB "
+                   f"(growth measured over the second half)")
+    say(f"  P6 ours {n} trials: {wall:.1f} s")
+    small = spec(k)
+    for system, fn in (("ours, tracking off", lambda: run_engine(bench, small)),
+                       ("tune reuse_actors", lambda: run_plain(bench, small, reuse_actors=True)),
+                       ("tune defaults", lambda: run_plain(bench, small, reuse_actors=False))):
+        w = fn()
+        say(f"  P6 {system} {k} trials: {w:.1f} s")
+        bench.add("P6", m, system, w * SLOTS / k, "s", ratio=(w * SLOTS / k) / per, goal="peer", note=f"{k} trials")
+    w = optuna_trivial(n)
+    bench.add("P6", m, "optuna in-memory", w * SLOTS / n, "s", ratio=(w * SLOTS / n) / per, goal="peer",
+              note=f"{n} trials, no tracking")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+SECTIONS: dict[str, Callable[[Bench], None]] = {
+    "P2": section_p2,  # in-process first: no Ray worker competes for the CPUs
+    "P1": section_p1_p3,  # also produces P3 (same workload, same run)
+    "P4": section_p4,
+    "P5": section_p5,
+    "P6": section_p6,
+}
+
+
+def machine() -> dict[str, Any]:
+    import mlflow
+    import ray
+    import torch
+
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    try:
+        import optuna
+
+        optuna_version = optuna.__version__
+    except ImportError:
+        optuna_version = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        sha = ""
+    mem = next((int(ln.split()[1]) // 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    return {
+        "cpu_model": model, "cpus": os.cpu_count(), "mem_mb": mem, "python": platform.python_version(),
+        "torch": torch.__version__, "ray": ray.__version__, "mlflow": mlflow.__version__, "optuna": optuna_version,
+        "git": sha,
+    }
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if unit in ("acc",):
+        return f"{value:.4f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    head = "| id | system | value | ratio | goal | result | note |"
+    lines = [head, "|---|---|---:|---:|---|---|---|"]
+    measure = None
+    for r in rows:
+        if r.measure != measure:
+            measure = r.measure
+            lines.append(f"| **{r.id}** | **{r.measure}** | | | | | |")
+        result = {True: "PASS", False: "FAIL", None: ""}[r.passed]
+        lines.append(f"| {r.id} | {r.system} | {fmt(r.value, r.unit)} {r.unit} | {fmt(r.ratio)} | {r.goal} | {result} | {r.note} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes on 2 CPUs")
+    group.add_argument("--smoke", action="store_true", help="tiny sizes: checks every row is produced")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="JSON results (default: %(default)s)")
+    parser.add_argument("--only", default="", help="comma-separated sections, e.g. P1,P6 (P1 includes P3)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (sweeps, MLflow stores)")
+    args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+
+    # Before Ray starts: workers import benchmarks.trivial / benchmarks.peers from the checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    # Tune turns Ctrl-C into "stop this sweep" and the benchmark would go on to the next one;
+    # SIGTERM (kill PID) ends the whole run, with Ray, the MLflow server and the work folder cleaned up.
+    def _stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    import ray
+
+    from trainables import TRAINABLES
+
+    TRAINABLES.setdefault(TRIVIAL, "benchmarks.trivial")
+    workdir = Path(tempfile.mkdtemp(prefix="tricksweep-bench-"))
+    bench = Bench(mode, SIZES[mode], workdir)
+    wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    wanted = ["P1" if w == "P3" else w for w in wanted]
+    started = time.perf_counter()
+    info = machine()
+    say(f"benchmarks ({mode}) on {info['cpus']} x {info['cpu_model']}; work folder {workdir}")
+    try:
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=SLOTS, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        bench.notes.append(f"ray.init: {time.perf_counter() - t:.1f} s (excluded from every sweep time)")
+        # A new sqlite store runs MLflow's schema migrations once (seconds): not a per-sweep cost.
+        t = time.perf_counter()
+        from mlflow.tracking import MlflowClient
+
+        for uri in (bench.sqlite, bench.p6_sqlite):
+            MlflowClient(tracking_uri=uri).search_experiments()
+        bench.notes.append(f"creating the two sqlite MLflow stores: {time.perf_counter() - t:.1f} s (excluded)")
+        if mode != "smoke":
+            # Warm-up: Ray's first workers and the OS file cache; no measured run pays for those.
+            t = time.perf_counter()
+            run_plain(bench, write_spec(bench, "warmup", reference_space(1), trials=1, max_epochs=1,
+                                        scheduler={"type": "none"}), reuse_actors=True)
+            bench.notes.append(f"warm-up sweep: {time.perf_counter() - t:.1f} s (excluded)")
+        for name in SECTIONS:
+            if name not in wanted:
+                continue
+            say(f"{name} ...")
+            load0, t = os.getloadavg()[0], time.perf_counter()
+            SECTIONS[name](bench)
+            bench.sections[name] = {"wall_s": round(time.perf_counter() - t, 1), "loadavg_1m_before": load0,
+                                    "loadavg_1m_after": os.getloadavg()[0]}
+    finally:
+        ray.shutdown()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    total = time.perf_counter() - started
+    print(table(bench.rows))
+    for note in bench.notes:
+        print(f"- {note}")
+    print(f"- machine: {info['cpus']} CPUs, {info['cpu_model']}; torch {info['torch']}, ray {info['ray']}, "
+          f"mlflow {info['mlflow']}, optuna {info['optuna']}; mode {mode}; {total:.0f} s in all")
+    failed = [f"{r.id} {r.system}" for r in bench.rows if r.passed is False]
+    print(f"- goals missed: {', '.join(failed) if failed else 'none'}")
+    payload = {
+        "mode": mode, "sizes": asdict(bench.sizes), "machine": info, "total_s": round(total, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "sections": bench.sections, "notes": bench.notes,
+        "rows": [asdict(r) for r in bench.rows], "details": bench.details,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(args.out)
+    say(f"wrote {args.out}")
+    return 1 if (args.strict and failed) else 0
