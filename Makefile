@@ -24,12 +24,8 @@ test: setup
 
 # Performance against the alternatives, measured side by side (README, Performance):
 # ~15 min on 2 CPUs; BENCH_ARGS=--quick for a few minutes. Writes benchmarks/results/latest.json.
-bench: setup $(VENV)/.bench-installed
+bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
-
-$(VENV)/.bench-installed: pyproject.toml
-	$(BIN)/pip install --quiet -e '.[bench]'
-	touch $@
 
 ui: setup
 	$(BIN)/tricksweep ui
