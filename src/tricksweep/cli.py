@@ -202,6 +202,7 @@ def _console():
     import mlflow  # noqa: F401 - configures its loggers on import; quiet them after
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor a bar per report download
     # Piped output (CI logs, files) gets a wide table rather than rich's 80-column default.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
