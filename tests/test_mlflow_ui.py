@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, write_spec
+from conftest import ROOT, free_port, write_spec
 from tricksweep.report import build_report
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
@@ -56,11 +55,6 @@ def _browser_tools():
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(ray_local, tmp_path_factory):
@@ -70,7 +64,7 @@ def server(ray_local, tmp_path_factory):
     outcome = run_sweep(load_spec(write_spec(folder, SWEEP)), tracking_uri=uri, storage=str(folder / "runs"), echo=lambda _: None)
     report = build_report(uri, "ui_sweep", folder / "report")
     assert {"learning_curves", "asha_rungs"} <= set(report.plots), report.plot_errors
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from conftest import write_spec
+from conftest import free_port, write_spec
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG
@@ -34,11 +33,6 @@ space:
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:

@@ -30,13 +30,7 @@ MODEL_TEST_OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One thread keeps CPU training bit-for-bit deterministic, which the resume test relies on.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(resume_from: str | None = None, **options) -> ListReport:

@@ -27,12 +27,7 @@ SOURCE_DATA = {"name": "digits", "classes": [0, 1, 2, 3, 4]}
 TARGET_DATA = {"name": "digits", "classes": [5, 6, 7, 8, 9], "train_per_class": 20}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
