@@ -238,32 +238,31 @@ def run_engine(bench: Bench, loaded, callbacks: list | None = None) -> float:
     from tricksweep.runner import build_tuner
 
     tuner = build_tuner(loaded, loaded.spec, bench.storage, bench.name("engine"), callbacks or [])
+    return timed_fit(tuner, loaded.spec.name)
+
+
+def timed_fit(tuner, label: str) -> float:
+    """Wall seconds of ``tuner.fit()``; a run with failed trials is no measurement."""
     started = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - started
     if grid.num_errors:
-        raise RuntimeError(f"{loaded.spec.name}: {grid.num_errors} trials failed")
+        raise RuntimeError(f"{label}: {grid.num_errors} trials failed")
     return wall
 
 
 def run_plain(bench: Bench, loaded, reuse_actors: bool) -> float:
     from benchmarks.peers import plain_tuner
-    from tricksweep.runner import param_space
+    from trainables import TRAINABLES
+    from tricksweep.runner import fixed_inputs, param_space
 
     spec = loaded.spec
-    fixed = {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
-    from trainables import TRAINABLES
-
     tuner = plain_tuner(
-        param_space(loaded), fixed, storage=bench.storage, name=bench.name("plain"), reuse_actors=reuse_actors,
-        seed=spec.seed, num_samples=spec.budget.trials, module=TRAINABLES[spec.trainable], metric=spec.metric,
+        param_space(loaded), fixed_inputs(spec), storage=bench.storage, name=bench.name("plain"),
+        reuse_actors=reuse_actors, seed=spec.seed, num_samples=spec.budget.trials, module=TRAINABLES[spec.trainable],
+        metric=spec.metric,
     )
-    started = time.perf_counter()
-    grid = tuner.fit()
-    wall = time.perf_counter() - started
-    if grid.num_errors:
-        raise RuntimeError(f"plain tune: {grid.num_errors} trials failed")
-    return wall
+    return timed_fit(tuner, "plain tune")
 
 
 def ray_mlflow_callback(uri: str, experiment: str):

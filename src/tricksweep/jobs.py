@@ -86,19 +86,11 @@ def submit(
 
 
 def info(job_id: str, address: str) -> Any:
-    client = connect(address)
-    try:
-        return client.get_job_info(job_id)
-    except RuntimeError as err:
-        raise _unknown_job(client, job_id, address, err) from None
+    return _call(job_id, address, "get_job_info")
 
 
 def logs(job_id: str, address: str) -> str:
-    client = connect(address)
-    try:
-        return client.get_job_logs(job_id)
-    except RuntimeError as err:
-        raise _unknown_job(client, job_id, address, err) from None
+    return _call(job_id, address, "get_job_logs")
 
 
 def follow(job_id: str, address: str, write: Any) -> None:
@@ -114,9 +106,14 @@ def follow(job_id: str, address: str, write: Any) -> None:
 
 
 def stop(job_id: str, address: str) -> bool:
+    return _call(job_id, address, "stop_job")
+
+
+def _call(job_id: str, address: str, method: str) -> Any:
+    """``client.<method>(job_id)``, with an unknown id turned into a one-line SpecError."""
     client = connect(address)
     try:
-        return client.stop_job(job_id)
+        return getattr(client, method)(job_id)
     except RuntimeError as err:
         raise _unknown_job(client, job_id, address, err) from None
 

@@ -303,13 +303,18 @@ def _quiet_tune() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 
 
+def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
+    """The trainable config every trial shares: dataset, epoch budget, checkpoint cadence."""
+    return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
+
+
 def trial_trainable(spec: SweepSpec) -> Any:
     """``run_trial`` with the spec's fixed inputs and per-trial resources attached."""
     from trainables import TRAINABLES
 
     ctx = TrialContext(
         module=TRAINABLES[spec.trainable],
-        fixed={"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs},
+        fixed=fixed_inputs(spec),
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
     )
