@@ -354,8 +354,10 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(
-                # Keeps the best checkpoint for the leaderboard; Tune always keeps the latest for resume.
-                num_to_keep=1, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
+                # Every checkpoint is kept: with num_to_keep, Tune deletes older ones while its saved
+                # experiment state may still point at them, and a driver killed in between leaves
+                # trials that cannot resume. Scoring ranks them so the best one is found.
+                checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
             ),
         ),
     )
