@@ -82,3 +82,17 @@ def test_gpu_check_runs_on_the_cpu_fallback(tmp_path: Path):
     assert any(s.startswith("ours: classifier.train") for s in systems)
     assert any(s.startswith("airbench-style loop") for s in systems)
     assert all(r["value"] > 0 for r in data["rows"])
+
+
+def test_packed_rate_counts_only_epochs_while_every_trial_runs():
+    from benchmarks.gpu_check import overlapped_rate
+
+    # Trial A: epochs end at 1..10 s, 1 s each. Trial B starts late: ends at 5..12 s, 0.5 s each
+    # after a slow first epoch. Window: (5, 10]: A's epochs 6..10, B's epochs ending 5.5..10.
+    a = ([float(t) for t in range(1, 11)], [1.0] * 10)
+    b = ([5.0 + 0.5 * i for i in range(15)], [3.0] + [0.5] * 14)
+    total, window = overlapped_rate([a, b], n_train=100)
+    assert window == 5.0
+    assert total == pytest.approx(100 / 1.0 + 100 / 0.5)
+    with pytest.raises(RuntimeError, match="never ran together"):
+        overlapped_rate([([1.0, 2.0], [1.0, 1.0]), ([3.0, 4.0], [1.0, 1.0])], n_train=100)

@@ -55,3 +55,11 @@ def test_shared_storage_is_mounted_on_every_node(cluster):
     setup = " ".join(cluster["setup_commands"])  # setup_commands run on head and workers alike
     assert "/mnt/shared" in setup and "mount" in setup
     assert "/mnt/shared" in (ROOT / "cluster.yaml").read_text().split("tricksweep submit", 1)[1].splitlines()[0]
+
+
+def test_gpu_workers_start_the_mps_daemon_before_ray(cluster):
+    # Without MPS, packed fractional-GPU trials time-slice the GPU (benchmarks/gpu_check.py --mps).
+    commands = [c for c in cluster["worker_start_ray_commands"]]
+    mps = next(i for i, c in enumerate(commands) if "nvidia-cuda-mps-control -d" in c)
+    start = next(i for i, c in enumerate(commands) if "ray start" in c)
+    assert mps < start, "the MPS daemon must run before the raylet starts the trials' processes"

@@ -195,6 +195,7 @@ def test_hue_rotation_applies_to_rgb_only():
             id="batchnorm-augment",
         ),
         pytest.param({"dropout": 0.3}, id="dropout"),  # dropout draws from torch's global RNG
+        pytest.param({"precision": "fp16", "batch_norm": True}, id="fp16-grad-scaler"),  # the scaler's state resumes too
     ],
 )
 def test_resume_continues_exactly_where_the_run_stopped(options):
@@ -237,6 +238,45 @@ def test_same_config_gives_same_metrics_despite_a_trial_in_between():
     first = fit(**options)
     fit(model={"name": "mlp"}, optimizer={"name": "sgd_momentum"}, augment={"crop": {"p": 1.0}}, seed=7)
     assert deterministic(fit(**options)) == deterministic(first)
+
+
+# --- the GPU path's switches, checked on the CPU ----------------------------------------------
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_learns_like_fp32(precision):
+    options = {"epochs": 3, "batch_norm": True, "optimizer": {"name": "adam", "lr": 0.01}}
+    full = fit(**options)
+    reduced = fit(**options, precision=precision)
+    assert_contract(reduced, 3)
+    assert deterministic(reduced) != deterministic(full)  # autocast really ran
+    assert reduced.records[-1]["val_accuracy"] > 0.8
+    assert abs(reduced.records[-1]["val_accuracy"] - full.records[-1]["val_accuracy"]) < 0.05
+
+
+@pytest.mark.parametrize("model", [SMALL_CNN, {"name": "resnet", "width": 8, "depth": 2}, {"name": "mlp"}])
+def test_channels_last_changes_layout_not_results(model):
+    nchw = fit(model=model, batch_norm=True, augment={"crop": {"p": 0.5}})
+    nhwc = fit(model=model, batch_norm=True, augment={"crop": {"p": 0.5}}, channels_last=True)
+    for a, b in zip(nchw.records, nhwc.records):
+        # Same maths, other summation order in the convs: equal to float tolerance, not bit for bit.
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.02)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_auto_precision_and_layout_are_plain_on_the_cpu():
+    # auto = bf16 + channels_last on CUDA only; on the CPU it must be the exact fp32 NCHW run.
+    assert deterministic(fit()) == deterministic(fit(precision="fp32", channels_last=False))
+
+
+def test_compiled_model_trains_and_resumes():
+    compiled = fit(model={"name": "mlp", "width": 32, "depth": 1}, compile=True, epochs=2)
+    assert_contract(compiled, 2)
+    eager = fit(model={"name": "mlp", "width": 32, "depth": 1}, epochs=2)
+    assert compiled.records[-1]["val_accuracy"] == pytest.approx(eager.records[-1]["val_accuracy"], abs=0.02)
+    # The checkpoint holds the plain module's keys, so an eager run can resume a compiled one.
+    resumed = fit(resume_from=compiled.checkpoints[0], model={"name": "mlp", "width": 32, "depth": 1}, epochs=2)
+    assert resumed.epochs == [2]
 
 
 # --- option tables ----------------------------------------------------------------------------
