@@ -187,3 +187,18 @@ def test_dataset_fields_can_be_swept_and_are_validated(tmp_path, capsys):
     bad = write_spec(tmp_path, head + "space:\n  data: {train_per_class: {grid: [5, 0]}}\n", "bad.yaml")
     assert main(["validate", str(bad)]) == 2
     assert "space.data.train_per_class = 0" in capsys.readouterr().err
+
+
+def test_digits_are_sklearns_digits_read_without_importing_sklearn():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    images, target, classes = data.Digits().arrays()
+    bunch = load_digits()
+    assert np.array_equal(images[:, 0], (bunch.images * 255.0 / 16.0).round().astype("uint8"))
+    assert np.array_equal(target, bunch.target) and classes == 10
+    # A fresh process (every new trial worker) reads them without the second-long sklearn import.
+    code = "import sys; from trainables.data import Digits; Digits().arrays(); assert 'sklearn' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)

@@ -214,13 +214,22 @@ def _param_value(value: Any) -> str:
 
 
 class _Writer:
-    """Applies MLflow operations in submission order on its own thread, retrying until they land.
+    """Applies MLflow operations in submission order per trial, on its own thread, retrying until
+    they land.
+
+    Few calls per trial: the run is created with its tags; its params ride with its first metrics;
+    queued metrics and tags of one trial share one ``log_batch``; and an op that arrives on an
+    empty queue lingers ``linger_s`` for company, so short epochs cost one call per trial per
+    linger rather than one per epoch (each call is a sqlite transaction or an HTTP request).
 
     Memory stays bounded: past ``max_points`` queued metric points the oldest points are dropped
     (and counted) rather than the process growing without end during a long outage.
     """
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, resumed: bool, max_points: int = 500_000):
+    SCAN = 256  # queued ops looked through for one trial's company: bounds the cost of a backlog
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, resumed: bool,
+                 max_points: int = 500_000, linger_s: float = 0.5):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -228,13 +237,18 @@ class _Writer:
         self.parent_run_id = parent_run_id
         self.resumed = resumed  # a restored sweep: runs found again are continuations, not retries
         self.max_points = max_points
+        self.linger_s = linger_s
         self.run_ids: dict[str, str] = {}
         self.recorded_until: dict[str, int] = {}  # resumed trials: last epoch already in MLflow
         self.dropped_points = 0
         self.written_points = 0
         self.retries = 0
+        self.calls = 0  # MLflow calls made: what the batching saves
+        self._params: dict[str, list] = {}  # per trial: params not yet written
+        self._start_tried: set[str] = set()  # a start retried after an error may have created its run
         self._ops: collections.deque[tuple] = collections.deque()
         self._points = 0
+        self._queued_since = 0.0
         self._cv = threading.Condition()
         self._closing = False
         self._abandoned = False  # close() gave up waiting: drop whatever is still in flight
@@ -248,6 +262,8 @@ class _Writer:
                 self._points += len(op[2])
                 while self._points > self.max_points and self._drop_oldest_metrics():
                     pass
+            if not self._ops:
+                self._queued_since = time.monotonic()
             self._ops.append(op)
             self._cv.notify()
 
@@ -279,6 +295,9 @@ class _Writer:
             with self._cv:
                 while not self._ops and not self._closing:
                     self._cv.wait()
+                # A fresh op waits for company; a backlog (older ops) is written at once.
+                while self._ops and not self._closing and (left := self._queued_since + self.linger_s - time.monotonic()) > 0:
+                    self._cv.wait(left)
                 if not self._ops or self._abandoned:
                     return
                 batch = self._take()
@@ -295,8 +314,7 @@ class _Writer:
                         if self._abandoned:
                             return
                         self._ops.extendleft(reversed(batch))
-                        if batch[0][0] == "metrics":
-                            self._points += sum(len(op[2]) for op in batch)
+                        self._points += sum(len(op[2]) for op in batch if op[0] == "metrics")
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
@@ -305,19 +323,28 @@ class _Writer:
             delay = 0.5
 
     def _take(self) -> list[tuple]:
-        """Pop the next op; consecutive metric ops of one trial ride together (log_batch takes 1000)."""
+        """Pop the next op; a metrics or tags op takes along the same trial's later metrics and tags
+        ops (up to its next start or end, which must stay in order), within log_batch's limits."""
         first = self._ops.popleft()
         batch = [first]
         if first[0] == "metrics":
             self._points -= len(first[2])
-            size = len(first[2])
-            while self._ops and self._ops[0][0] == "metrics" and self._ops[0][1] == first[1]:
-                if size + len(self._ops[0][2]) > 1000:
-                    break
-                op = self._ops.popleft()
+        if first[0] not in ("metrics", "tags"):
+            return batch
+        size = len(first[2])
+        i = 0
+        while i < min(len(self._ops), self.SCAN):
+            op = self._ops[i]
+            if op[1] != first[1]:
+                i += 1
+                continue
+            if op[0] not in ("metrics", "tags") or size + len(op[2]) > 900:
+                break
+            del self._ops[i]
+            if op[0] == "metrics":
                 self._points -= len(op[2])
-                size += len(op[2])
-                batch.append(op)
+            size += len(op[2])
+            batch.append(op)
         return batch
 
     def _apply(self, batch: list[tuple]) -> None:
@@ -328,50 +355,64 @@ class _Writer:
         run_id = self.run_ids.get(trial_id)
         if run_id is None:
             return  # its start was rejected; nothing to attach to
-        if kind == "metrics":
-            floor = self.recorded_until.get(trial_id, 0)
-            points = [m for op in batch for m in op[2] if m.step > floor]
-            if points:
-                self.client.log_batch(run_id, metrics=points)
-            self.written_points += len(points)
-        elif kind == "tags":
-            from mlflow.entities import RunTag
-
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in batch[0][2].items()])
-        elif kind == "end":
+        if kind == "end":
+            while self._params.get(trial_id):
+                self._log(run_id, trial_id)
             self.client.set_terminated(run_id, batch[0][2])
+            self.calls += 1
+            return
+        from mlflow.entities import RunTag
+
+        floor = self.recorded_until.get(trial_id, 0)
+        points = [m for op in batch if op[0] == "metrics" for m in op[2] if m.step > floor]
+        tags = [RunTag(k, str(v)) for op in batch if op[0] == "tags" for k, v in op[2].items()]
+        self._log(run_id, trial_id, points, tags)
+        self.written_points += len(points)
+
+    def _log(self, run_id: str, trial_id: str, metrics: list | None = None, tags: list | None = None) -> None:
+        """One log_batch: these metrics and tags plus up to 100 of the trial's unwritten params."""
+        params = self._params.get(trial_id, [])[:100]
+        if metrics or tags or params:
+            self.client.log_batch(run_id, metrics=metrics or [], params=params, tags=tags or [])
+            self.calls += 1
+        if params:
+            self._params[trial_id] = self._params[trial_id][len(params):]
 
     def _start(self, trial_id: str, run_name: str, params: dict, tags: dict) -> None:
         from mlflow.entities import Param
 
+        if trial_id not in self.run_ids:
+            self.run_ids[trial_id] = self._find_or_create(trial_id, run_name, tags)
+        # Written with the first metrics; a trial started again (a retry) logs the same values again.
+        self._params[trial_id] = [Param(k, _param_value(v)) for k, v in params.items()]
+
+    def _find_or_create(self, trial_id: str, run_name: str, tags: dict) -> str:
         # A restored sweep finds its trials' runs again through the trial-id tag: no duplicates.
-        existing = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-            max_results=1,
+        # So does a start retried after an error, which may have created the run before failing.
+        if self.resumed or trial_id in self._start_tried:
+            existing = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+                max_results=1,
+            )
+            self.calls += 1
+            if existing:
+                run_id = existing[0].info.run_id
+                # Epochs repeated after a restore from an older checkpoint keep their first record.
+                self.recorded_until[trial_id] = max(
+                    (m.step for key in existing[0].data.metrics for m in self.client.get_metric_history(run_id, key)),
+                    default=0,
+                )
+                if self.resumed:
+                    self.client.update_run(run_id, status="RUNNING")
+                    self.client.set_tag(run_id, "tricksweep.resumed", "true")
+                return run_id
+        self._start_tried.add(trial_id)
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **tags}
         )
-        if existing:
-            run_id = existing[0].info.run_id
-            # Epochs repeated after a restore from an older checkpoint keep their first record.
-            self.recorded_until[trial_id] = max(
-                (m.step for key in existing[0].data.metrics for m in self.client.get_metric_history(run_id, key)),
-                default=0,
-            )
-            if self.resumed:
-                self.client.update_run(run_id, status="RUNNING")
-                self.client.set_tag(run_id, "tricksweep.resumed", "true")
-        else:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name,
-                tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **tags},
-            )
-            run_id = run.info.run_id
-        self.run_ids[trial_id] = run_id
-        # Logged in both branches: a retry after a half-done start must not lose them (same values are accepted).
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        self.calls += 1
+        return run.info.run_id
 
 
 def _is_transient(err: Exception) -> bool:
