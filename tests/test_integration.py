@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,26 @@ def test_leaderboard_is_ranked_by_each_trials_best_epoch(asha_run):
     child = next(c for c in children_of(runs, outcome.parent_run_id) if c.data.tags[TRIAL_TAG] == best.trial_id)
     history = client.get_metric_history(child.info.run_id, "val_accuracy")
     assert max(m.value for m in history) == pytest.approx(best.value)
+
+
+def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
+    import torch
+
+    outcome, client, runs = asha_run
+    children = {c.data.tags[TRIAL_TAG]: c for c in children_of(runs, outcome.parent_run_id)}
+    trial_dirs = [d for d in Path(outcome.experiment_path).iterdir() if d.is_dir() and d.name.startswith("run_trial")]
+    assert len(trial_dirs) == 10
+    for trial_dir in trial_dirs:
+        kept = [torch.load(c / "state.pt", weights_only=True) for c in sorted(trial_dir.glob("checkpoint_*"))]
+        trial_id = next(t for t in children if t in trial_dir.name)
+        history = client.get_metric_history(children[trial_id].info.run_id, "val_accuracy")
+        if not kept:  # diverged in its first epoch: nothing was ever saved
+            continue
+        assert len(kept) <= 2, trial_dir.name
+        # Every epoch saved (every_epochs: 1) except a diverged last one, which has NaN metrics.
+        saved = [m for m in history if math.isfinite(m.value)]
+        assert kept[-1]["epoch"] == max(m.step for m in saved)  # the latest survives, for resume
+        assert max(s["metrics"]["val_accuracy"] for s in kept) == pytest.approx(max(m.value for m in saved))
 
 
 def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -282,6 +283,8 @@ def _fit_and_record(
         status = "failed"
     sweep.settle_children({r.trial_id: r.status for r in rows})
     _finish_parent(sweep, grid, rows, spec, status)
+    if spec.checkpoint.keep == "best_and_last":
+        prune_checkpoints(grid, spec.metric, spec.mode)
     return SweepOutcome(
         name=spec.name, tracking_uri=sweep.uri, experiment_id=sweep.experiment_id, parent_run_id=sweep.run_id,
         ui_url=sweep.ui_url(), experiment_path=grid.experiment_path, rows=rows,
@@ -475,6 +478,28 @@ def _finish_parent(sweep: SweepRun, grid: Any, rows: list[Row], spec: SweepSpec,
                 config_path.write_text(yaml.safe_dump({**best.config, "data": {**spec.dataset, **best.config.get("data", {})}}, sort_keys=False))
                 sweep.log_artifact(config_path, "best_checkpoint")
         sweep.finish(status, tags)
+
+
+def prune_checkpoints(grid: Any, metric: str, mode: str) -> int:
+    """Delete every trial checkpoint but its best-scoring and its latest (what resuming an
+    errored trial starts from); returns how many were deleted. While the sweep runs all are kept:
+    Tune's saved state may point at any of them until the sweep is over."""
+    deleted = 0
+    for result in grid:
+        checkpoints = result.best_checkpoints or []
+        scored = [(m[metric], c) for c, m in checkpoints
+                  if isinstance(m.get(metric), (int, float)) and math.isfinite(m[metric])]
+        keep = {result.checkpoint.path} if result.checkpoint else set()
+        if scored:
+            keep.add((max if mode == "max" else min)(scored, key=lambda pair: pair[0])[1].path)
+        for checkpoint, _ in checkpoints:
+            if checkpoint.path not in keep:
+                try:
+                    checkpoint.filesystem.delete_dir(checkpoint.path)
+                    deleted += 1
+                except FileNotFoundError:
+                    pass
+    return deleted
 
 
 def _best_checkpoint(grid: Any, trial_id: str, metric: str, mode: str) -> Any:

@@ -55,6 +55,10 @@ class Tracking(Strict):
 
 class Checkpointing(Strict):
     every_epochs: int = Field(1, ge=1, description="epochs between checkpoints; the last epoch always saves")
+    keep: Literal["best_and_last", "all"] = Field(
+        "best_and_last",
+        description="checkpoints left per trial once the sweep is over (all are kept while it runs, for resume)",
+    )
 
 
 class Claim(Strict):
