@@ -77,8 +77,7 @@ EXPECTED_ROWS: list[tuple[str, str]] = [
     ("P1", "ours vs ideal + one cold start per slot"),
     ("P1-lever", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1"),
     ("P1-lever", "checkpoint last epoch only"),
-    ("P1-lever", "num_to_keep=None: no forced snapshot per checkpoint"),
-    ("P1-lever", "all three"),
+    ("P1-lever", "both"),
     ("P2", "minimal PyTorch loop"),
     ("P2", "ours: classifier.train"),
     ("P2", "+ checkpoint every epoch"),
@@ -197,32 +196,10 @@ def env(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-@contextlib.contextmanager
-def unforced_snapshots() -> Iterator[None]:
-    """Prototype of one engine change without editing it: the engine's
-    ``CheckpointConfig(num_to_keep=1)`` makes Tune force an experiment-state snapshot (all
-    trials' state, written and synced) after every trial checkpoint. Here ``num_to_keep`` is
-    dropped while the engine builds its Tuner, so snapshots follow Tune's periodic default."""
-    from ray import tune
-
-    original = tune.CheckpointConfig
-
-    def patched(*args: Any, **kwargs: Any):
-        kwargs["num_to_keep"] = None
-        return original(*args, **kwargs)
-
-    tune.CheckpointConfig = patched
-    try:
-        yield
-    finally:
-        tune.CheckpointConfig = original
-
-
-def run_ours(bench: Bench, loaded, uri: str | None = None, env_vars: dict[str, str] | None = None,
-             snapshots: bool = True):
+def run_ours(bench: Bench, loaded, uri: str | None = None, env_vars: dict[str, str] | None = None):
     from tricksweep.runner import run_sweep
 
-    with env(env_vars or {}), (contextlib.nullcontext() if snapshots else unforced_snapshots()):
+    with env(env_vars or {}):
         started = time.perf_counter()
         outcome = run_sweep(loaded, tracking_uri=uri or bench.sqlite, storage=bench.storage, echo=quiet)
         wall = time.perf_counter() - started
@@ -420,8 +397,7 @@ def section_p1_p3(bench: Bench) -> None:
             ("raycb", lambda: run_engine(bench, every1, [ray_mlflow_callback(bench.sqlite, bench.name("raycb"))])),
             ("no-loggers", lambda: run_ours(bench, every1, env_vars=no_loggers)[0]),
             ("ckpt-last", lambda: run_ours(bench, last_only)[0]),
-            ("no-forced-snapshots", lambda: run_ours(bench, every1, snapshots=False)[0]),
-            ("all", lambda: run_ours(bench, last_only, env_vars=no_loggers, snapshots=False)[0]),
+            ("both", lambda: run_ours(bench, last_only, env_vars=no_loggers)[0]),
             ("tune-reuse", lambda: run_plain(bench, every1, reuse_actors=True)),
             ("tune-defaults", lambda: run_plain(bench, every1, reuse_actors=False)),
         ]
@@ -456,8 +432,7 @@ def section_p1_p3(bench: Bench) -> None:
     for key, system, unit_cost in (
         ("no-loggers", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1", ("result", results_per_run)),
         ("ckpt-last", "checkpoint last epoch only", ("checkpoint", n * (epochs - 1))),
-        ("no-forced-snapshots", "num_to_keep=None: no forced snapshot per checkpoint", ("checkpoint", n * epochs)),
-        ("all", "all three", None),
+        ("both", "both", None),
     ):
         saved = best["ours"] - best[key]
         note = f"saves {saved:.2f} s ({saved / best['ours'] * 100:.0f} %)"
