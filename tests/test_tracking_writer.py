@@ -49,3 +49,21 @@ def test_a_trial_that_never_reports_still_gets_its_params(tracking_uri):
     assert writer.close(timeout=60) == 0
     [run] = client.search_runs([experiment], filter_string=f"tags.`{TRIAL_TAG}` = 'a'")
     assert len(run.data.params) == 150 and run.info.status == "FAILED"
+
+
+def test_backfill_writes_only_the_epochs_mlflow_missed(tracking_uri):
+    from tricksweep.tracking import SweepRun
+
+    sweep = SweepRun(tracking_uri, "backfill")
+    parent = sweep.start("sweep", {}, {})
+    client = sweep.client
+    child = client.create_run(sweep.experiment_id, tags={PARENT_TAG: parent, TRIAL_TAG: "t1"}).info.run_id
+    client.log_batch(child, metrics=[Metric("val_accuracy", v, 0, step) for step, v in ((2, 0.5), (3, 0.6))])
+    # Tune's rows: epoch 1 and 4 never reached MLflow; epoch 3 was repeated after a restore.
+    rows = [{"epoch": e, "val_accuracy": v, "val_loss": 1 - v, "timestamp": 1_700_000_000, "trial_id": "t1"}
+            for e, v in ((1, 0.4), (2, 0.5), (3, 0.6), (3, 0.65), (4, 0.7))]
+    assert sweep.backfill({"t1": rows, "other": rows}, probe="val_accuracy") == 4  # 2 epochs x 2 metrics
+    history = sorted((m.step, m.value) for m in client.get_metric_history(child, "val_accuracy"))
+    assert history == [(1, 0.4), (2, 0.5), (3, 0.6), (4, 0.7)]
+    assert sorted(m.step for m in client.get_metric_history(child, "val_loss")) == [1, 4]
+    assert sweep.backfill({"t1": rows}, probe="val_accuracy") == 0  # nothing left to add

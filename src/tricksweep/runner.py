@@ -282,6 +282,8 @@ def _fit_and_record(
     if rows and all(r.status == "failed" for r in rows):
         status = "failed"
     sweep.settle_children({r.trial_id: r.status for r in rows})
+    if tracker.resumed or getattr(tracker, "incomplete", False):  # results Tune has but MLflow may miss
+        sweep.backfill(_histories(grid), spec.metric)
     _finish_parent(sweep, grid, rows, spec, status)
     if spec.checkpoint.keep == "best_and_last":
         prune_checkpoints(grid, spec.metric, spec.mode)
@@ -291,6 +293,16 @@ def _fit_and_record(
         wall_s=time.monotonic() - started, errors=grid.num_errors, metric=spec.metric, mode=spec.mode,
         statuses=dict(tracker.statuses),
     )
+
+
+def _histories(grid: Any) -> dict[str, list[dict]]:
+    """Each trial's per-epoch results as Tune stored them (its result.json)."""
+    out = {}
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is not None and "trial_id" in result.metrics:
+            out[result.metrics["trial_id"]] = frame.to_dict("records")
+    return out
 
 
 def _callbacks(tuner: tune.Tuner) -> list:

@@ -154,6 +154,39 @@ class SweepRun:
                 self.client.set_tag(child.info.run_id, STATUS_TAG, status)
                 self.client.set_terminated(child.info.run_id, "FAILED" if status == "failed" else "FINISHED")
 
+    def backfill(self, histories: dict[str, list[dict]], probe: str) -> int:
+        """Write the epochs Tune recorded that MLflow missed: results still queued in the writer
+        when a driver died are in Tune's trial results (result.json), which a resumed sweep reads
+        back. ``histories`` maps trial id to its result rows; an epoch counts as recorded when its
+        ``probe`` metric is in MLflow. Returns the points written."""
+        from mlflow.entities import Metric
+
+        written = 0
+        children = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
+        )
+        for child in children:
+            rows = histories.get(child.data.tags.get(TRIAL_TAG, ""))
+            if not rows:
+                continue
+            have = {m.step for m in self.client.get_metric_history(child.info.run_id, probe)}
+            points = []
+            for row in rows:
+                epoch = int(row.get("epoch") or 0)
+                if epoch < 1 or epoch in have:
+                    continue
+                have.add(epoch)  # an epoch repeated after a restore keeps its first record
+                stamp = int(float(row.get("timestamp") or time.time()) * 1000)
+                points += [
+                    Metric(k, float(v), stamp, epoch)
+                    for k, v in row.items()
+                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("config/")
+                ]
+            for i in range(0, len(points), 1000):
+                self.client.log_batch(child.info.run_id, metrics=points[i : i + 1000])
+            written += len(points)
+        return written
+
     def child_run_id(self, trial_id: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
@@ -220,7 +253,9 @@ class _Writer:
     Few calls per trial: the run is created with its tags; its params ride with its first metrics;
     queued metrics and tags of one trial share one ``log_batch``; and an op that arrives on an
     empty queue lingers ``linger_s`` for company, so short epochs cost one call per trial per
-    linger rather than one per epoch (each call is a sqlite transaction or an HTTP request).
+    linger rather than one per epoch (each call is a sqlite transaction or an HTTP request). On
+    the 16 x 10 digits benchmark sweep: 208 calls without lingering, 92 at 0.5 s, 59 at 2 s, and
+    the writer's CPU time 1.46 s, 0.63 s, 0.41 s (on 2 CPUs it is taken from the trials).
 
     Memory stays bounded: past ``max_points`` queued metric points the oldest points are dropped
     (and counted) rather than the process growing without end during a long outage.
@@ -229,7 +264,7 @@ class _Writer:
     SCAN = 256  # queued ops looked through for one trial's company: bounds the cost of a backlog
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, resumed: bool,
-                 max_points: int = 500_000, linger_s: float = 0.5):
+                 max_points: int = 500_000, linger_s: float = 2.0):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -451,6 +486,7 @@ class MlflowTrials(tune.Callback):
         self.flush_timeout_s = flush_timeout_s
         self.statuses: dict[str, str] = {}
         self.resumed = False  # set by resume_sweep on the callback it restores
+        self.incomplete = False  # close() left ops unwritten or dropped points: backfill from Tune
         self._writer: _Writer | None = None
         self._closed = False
         self._last_epoch: dict[str, int] = {}
@@ -518,7 +554,8 @@ class MlflowTrials(tune.Callback):
             return
         self._closed = True
         left = self._writer.close(self.flush_timeout_s)
-        if left or self._writer.dropped_points:
+        self.incomplete = bool(left or self._writer.dropped_points)
+        if self.incomplete:
             log.warning(
                 "MLflow: %d operations not written after %.0f s, %d metric points dropped (queue bound)",
                 left, self.flush_timeout_s, self._writer.dropped_points,
