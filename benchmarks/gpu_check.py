@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import tempfile
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -280,20 +280,15 @@ def cuda_mps() -> Iterator[None]:
     turns on it (time slices); with it, their kernels run side by side."""
     import subprocess
 
+    from benchmarks.run import env
+
     pipes = tempfile.mkdtemp(prefix="mps-")
-    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": pipes, "CUDA_MPS_LOG_DIRECTORY": pipes}
-    subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True)
-    saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
-    os.environ.update(CUDA_MPS_PIPE_DIRECTORY=pipes, CUDA_MPS_LOG_DIRECTORY=pipes)
-    try:
-        yield
-    finally:
-        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=env, check=False)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with env({"CUDA_MPS_PIPE_DIRECTORY": pipes, "CUDA_MPS_LOG_DIRECTORY": pipes}):
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
 
 
 def g2_rows(raw: dict, sizes: dict[str, int], device: str, big: bool, mps: bool) -> list[dict]:
