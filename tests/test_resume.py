@@ -14,29 +14,37 @@ from mlflow.tracking import MlflowClient
 
 from conftest import write_spec
 from tricksweep.cli import main
-from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
+from tricksweep.tracking import PARENT_TAG, RESUMED_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 
 TRICKSWEEP = str(Path(sys.executable).with_name("tricksweep"))
 SPEC = """\
 name: crashy
 metric: val_accuracy
 mode: max
-budget: {trials: 6, max_epochs: 8}
+budget: {trials: 6, max_epochs: 16}
 scheduler: {type: none}
 seed: 3
 space:
-  model: {name: cnn, width: 16}
+  model: {name: cnn, width: 32}
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
   dropout: {choice: [0.0, 0.2]}
 """
 
 
-def finished_children(client: MlflowClient) -> list:
+def children(client: MlflowClient) -> list:
     experiment = client.get_experiment_by_name("crashy")
     if experiment is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+
+
+def finished(runs: list) -> list:
     return [r for r in runs if STATUS_TAG in r.data.tags]
+
+
+def mid_run(runs: list) -> list:
+    """Children with an epoch in MLflow and no end status yet."""
+    return [r for r in runs if STATUS_TAG not in r.data.tags and "val_accuracy" in r.data.metrics]
 
 
 def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
@@ -58,17 +66,20 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path):
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 240
-    while len(finished_children(client)) < 2:
+    # Kill once two trials have finished and another is part-way, its epochs already in MLflow.
+    while len(finished(runs := children(client))) < 2 or not mid_run(runs):
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
         time.sleep(0.3)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, like a lost machine
     driver.wait()
-    before = histories(client, finished_children(client))
+    started = children(client)
+    before = histories(client, finished(started))
     assert 2 <= len(before) < 6
-    experiment = client.get_experiment_by_name("crashy")
-    started = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
     interrupted = {r.data.tags[TRIAL_TAG] for r in started if STATUS_TAG not in r.data.tags}
+    assert interrupted
+    # Tune may have started trials whose runs the driver had not yet created in MLflow.
+    trial_dirs = [p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
 
     done = subprocess.run(
         [TRICKSWEEP, "resume", "crashy", "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
@@ -81,22 +92,43 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["tricksweep.resumes"] == "1"
-    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
-    trial_ids = [c.data.tags[TRIAL_TAG] for c in children]
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    trial_ids = [r.data.tags[TRIAL_TAG] for r in runs]
     assert len(trial_ids) == len(set(trial_ids)) == 6, "exactly one child run per trial"
-    errors = [c.data.tags.get("tricksweep.error") for c in children if c.data.tags[STATUS_TAG] != "completed"]
-    assert {c.data.tags[STATUS_TAG] for c in children} == {"completed"}, errors
-    after = histories(client, children)
+    errors = [r.data.tags.get("tricksweep.error") for r in runs if r.data.tags[STATUS_TAG] != "completed"]
+    assert {r.data.tags[STATUS_TAG] for r in runs} == {"completed"}, errors
+    after = histories(client, runs)
     for trial, points in after.items():
-        assert [step for step, _ in points] == list(range(1, 9)), f"{trial}: gap or duplicate in {points}"
+        assert [step for step, _ in points] == list(range(1, 17)), f"{trial}: gap or duplicate in {points}"
     for trial, points in before.items():
         assert after[trial] == points, f"{trial} lost or changed a finished result"
     # Trials that were mid-run continue under their own child run, marked as resumed. (A trial that
     # finished just before the kill may be continued too, when Tune's last snapshot predates its end.)
-    resumed = {c.data.tags[TRIAL_TAG] for c in children if c.data.tags.get("tricksweep.resumed") == "true"}
-    assert resumed and resumed <= interrupted | set(before)
-    print(f"driver crash: {len(before)} trials finished before the kill, {len(interrupted)} interrupted and "
-          f"continued under their child runs, {6 - len(before) - len(interrupted)} not started; 0 lost")
+    resumed = {r.data.tags[TRIAL_TAG] for r in runs if r.data.tags.get(RESUMED_TAG) == "true"}
+    assert resumed
+    assert all(any(trial in name for name in trial_dirs) for trial in resumed), "only trials started before the kill"
+    print(f"driver crash: {len(before)} trials finished before the kill, {len(interrupted)} part-way in MLflow, "
+          f"{len(resumed)} continued under their child runs marked resumed; 0 results lost")
+
+
+def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path):
+    from tricksweep.tracking import MlflowTrials
+
+    def callback() -> MlflowTrials:
+        return MlflowTrials(f"sqlite:///{tmp_path / 'unused.db'}", "0", "p", max_epochs=3, asha=False, time_limit_s=60)
+
+    first = callback()
+    first._started_at -= 40  # 40 s into the sweep when Tune snapshots it
+    first._started.add("t_00000")
+    first.statuses["t_00000"] = "completed"
+    state = first.get_state()
+
+    restored = callback()  # what Tune unpickles from tuner.pkl, taken before the sweep began
+    restored.set_state(state)
+    restored.setup()
+    restored.close()
+    assert 39 < time.monotonic() - restored._started_at < 45, "the time budget's clock carries over"
+    assert restored.statuses == {"t_00000": "completed"} and restored._started == {"t_00000"}
 
 
 def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tmp_path: Path, capsys):

@@ -29,6 +29,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "tricksweep.trial_id"
 STATUS_TAG = "tricksweep.status"
 SWEEP_TAG = "tricksweep.sweep"
+RESUMED_TAG = "tricksweep.resumed"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
 TUNE_KEYS = frozenset(
     {
@@ -440,7 +441,7 @@ class _Writer:
                 )
                 if self.resumed:
                     self.client.update_run(run_id, status="RUNNING")
-                    self.client.set_tag(run_id, "tricksweep.resumed", "true")
+                    self.client.set_tag(run_id, RESUMED_TAG, "true")
                 return run_id
         self._start_tried.add(trial_id)
         run = self.client.create_run(
@@ -490,15 +491,30 @@ class MlflowTrials(tune.Callback):
         self._writer: _Writer | None = None
         self._closed = False
         self._last_epoch: dict[str, int] = {}
+        self._started: set[str] = set()  # trials Tune has started in this sweep, across resumes
         self._started_at = time.monotonic()
+        self._elapsed_s = 0.0
 
-    # Tune pickles callbacks with the experiment state; the writer thread cannot travel.
+    # Tune pickles the callback once, with the tuner; the writer thread cannot travel.
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_writer"] = None
-        # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
-        state["_elapsed_s"] = time.monotonic() - self._started_at
-        return state
+        return {**self.__dict__, "_writer": None}
+
+    # What a restored sweep needs to know comes from Tune's experiment snapshots, taken every few
+    # seconds: get_state is saved with each one and set_state receives the last on restore.
+    def get_state(self) -> dict:
+        return {
+            # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
+            "elapsed_s": time.monotonic() - self._started_at,
+            "statuses": dict(self.statuses),
+            "last_epoch": dict(self._last_epoch),
+            "started": sorted(self._started),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self._elapsed_s = state["elapsed_s"]
+        self.statuses = dict(state["statuses"])
+        self._last_epoch = dict(state["last_epoch"])
+        self._started = set(state["started"])
 
     @property
     def writer(self) -> _Writer:
@@ -507,12 +523,17 @@ class MlflowTrials(tune.Callback):
         return self._writer
 
     def setup(self, **info: Any) -> None:
-        self._started_at = time.monotonic() - getattr(self, "_elapsed_s", 0.0)
+        self._started_at = time.monotonic() - self._elapsed_s
         _ = self.writer
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = flatten(trial.config)
-        self.writer.submit("start", trial.trial_id, trial_name(trial.trial_id), params, {SWEEP_TAG: "child"})
+        tags = {SWEEP_TAG: "child"}
+        if self.resumed and trial.trial_id in self._started:
+            # Started before the driver died: a continuation, even when its run never reached MLflow.
+            tags[RESUMED_TAG] = "true"
+        self._started.add(trial.trial_id)
+        self.writer.submit("start", trial.trial_id, trial_name(trial.trial_id), params, tags)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
