@@ -75,6 +75,10 @@ EXPECTED_ROWS: list[tuple[str, str]] = [
     ("P1", "ours + Ray MLflowLoggerCallback"),
     ("P1", "cold start of a fresh worker process"),
     ("P1", "ours vs ideal + one cold start per slot"),
+    ("P1-cpu", "bare loop Σ (the ideal's work)"),
+    ("P1-cpu", "trial workers"),
+    ("P1-cpu", "driver"),
+    ("P1-cpu", "Ray daemons"),
     ("P1-lever", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1"),
     ("P1-lever", "checkpoint last epoch only"),
     ("P1-lever", "both"),
@@ -319,6 +323,66 @@ class RssSampler:
         self.samples.append((self.samples[-1][0] if self.samples else 0.0, self._proc.memory_info().rss))
 
 
+class CpuSampler:
+    """CPU seconds spent while the block runs by this process and every process under it (the
+    local Ray: raylet, GCS, workers), sampled every ``every_s`` so that workers exiting at the
+    end of a sweep still count, grouped as trial workers, driver and Ray's daemons."""
+
+    def __init__(self, every_s: float = 0.1):
+        import psutil
+
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self.every_s = every_s
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        out = {}
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    cpu = proc.cpu_times()
+                    out[proc.pid] = (self._group(proc), cpu.user + cpu.system)
+            except self._psutil.Error:
+                pass  # exited between listing and reading: its last sample stands
+        return out
+
+    def _group(self, proc) -> str:
+        if proc.pid == self._me.pid:
+            return "driver"
+        # Ray renames its workers (ray::IDLE, ray::ImplicitFunc) and its agents (ray::DashboardAgent).
+        command = " ".join(proc.cmdline())
+        worker = "/_private/workers/" in command or (command.startswith("ray::") and "Agent" not in command.split()[0])
+        return "trial workers" if worker else "Ray daemons"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._last.update(self._read())
+
+    def __enter__(self) -> "CpuSampler":
+        self._start = {pid: cpu for pid, (_, cpu) in self._read().items()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._read())
+
+    def by_process(self) -> list[tuple[int, str, float]]:
+        return sorted(((pid, group, round(cpu - self._start.get(pid, 0.0), 2)) for pid, (group, cpu) in self._last.items()),
+                      key=lambda row: -row[2])
+
+    def by_group(self) -> dict[str, float]:
+        groups = {"trial workers": 0.0, "driver": 0.0, "Ray daemons": 0.0}
+        for pid, (group, cpu) in self._last.items():
+            groups[group] += cpu - self._start.get(pid, 0.0)
+        return groups
+
+
 # --------------------------------------------------------------------------------------------
 # P1 + P3: the reference workload, side by side
 
@@ -408,6 +472,9 @@ def section_p1_p3(bench: Bench) -> None:
                 wall = fn()
                 walls.setdefault(key, []).append(wall)
                 say(f"  P1/P3 rep {rep + 1}/{z.reps} {key}: {wall:.2f} s")
+        # Where the CPU goes, in a run of its own: the sampling itself costs the driver a little.
+        with CpuSampler() as cpu:
+            cpu_wall = run_ours(bench, every1)[0]
     best = {k: min(v) for k, v in walls.items()}
     bench.details["p1_p3_walls_s"] = walls
     ideal = best["bare"]
@@ -424,6 +491,22 @@ def section_p1_p3(bench: Bench) -> None:
     r_cold = best["ours"] / (ideal + cold)
     bench.add("P1", m, "ours vs ideal + one cold start per slot", ideal + cold, "s", ratio=r_cold, goal="info",
               note="ours wall / (ideal + cold start): what orchestration adds beyond process start-up")
+    bare_cpu = ideal * SLOTS  # one thread, in one process: its wall time is its CPU time
+    spent = cpu.by_group()
+    cpu_m = f"CPU seconds of one ours run ({cpu_wall:.1f} s wall, {cpu_wall * SLOTS:.1f} CPU-s on {SLOTS} CPUs) / bare loop Σ"
+    bench.add("P1-cpu", cpu_m, "bare loop Σ (the ideal's work)", bare_cpu, "CPU-s", ratio=1.0)
+    notes = {
+        "trial workers": f"{(spent['trial workers'] - bare_cpu) / SLOTS:.1f} CPU-s per slot beyond the bare loop: "
+                         f"a fresh worker's imports (torch, torch._dynamo, ray.tune) and per-trial work",
+        "driver": "Tune's control loop, the MLflow writer, the progress line",
+        "Ray daemons": "raylet, GCS and agents",
+    }
+    for group, value in spent.items():
+        bench.add("P1-cpu", cpu_m, group, value, "CPU-s", ratio=value / bare_cpu, goal="info", note=notes[group])
+    used = sum(spent.values())
+    bench.notes.append(f"P1 CPU: one ours run used {used:.1f} of the {cpu_wall * SLOTS:.1f} CPU-s its wall time offered: "
+                       f"work / bare-loop work = {used / bare_cpu:.2f}, the wall / ideal these CPUs allow for it")
+    bench.details["p1_cpu_s"] = {**spent, "wall_s": cpu_wall, "bare_sum_s": bare_cpu, "processes": cpu.by_process()}
     per_trial = (best["ours"] - ideal - cold) * SLOTS / n
     bench.notes.append(f"P1: beyond one cold start per slot, ours spends {per_trial:.2f} s per trial per slot over "
                        f"the bare loop ({per_trial / epochs * 1000:.0f} ms per epoch)")
