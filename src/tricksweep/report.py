@@ -176,7 +176,7 @@ class Sweep:
 
     @property
     def finished(self) -> list[RecordedTrial]:
-        return [t for t in self.trials if t.status not in ("failed", "running", "") and t.history.get(self.metric)]
+        return [t for t in self.trials if t.status not in ("failed", "lost", "running", "") and t.history.get(self.metric)]
 
 
 def _parse_param(text: str) -> Any:

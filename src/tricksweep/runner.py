@@ -281,7 +281,7 @@ def _fit_and_record(
     rows = leaderboard(grid, spec.metric, spec.mode, tracker.statuses, spec.budget.max_epochs, asha)
     if rows and all(r.status == "failed" for r in rows):
         status = "failed"
-    sweep.settle_children({r.trial_id: r.status for r in rows})
+    sweep.settle_children({r.trial_id: r.status for r in rows}, tracker.started_trials)
     if tracker.resumed or getattr(tracker, "incomplete", False):  # results Tune has but MLflow may miss
         sweep.backfill(_histories(grid), spec.metric)
     _finish_parent(sweep, grid, rows, spec, status)

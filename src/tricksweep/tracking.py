@@ -143,15 +143,30 @@ class SweepRun:
         self.client.update_run(self.run_id, status="RUNNING")
         self.client.set_tag(self.run_id, "tricksweep.resumes", str(int(tags.get("tricksweep.resumes", "0")) + 1))
 
-    def settle_children(self, statuses: dict[str, str]) -> None:
-        """Give every child still without an end status the one Tune's results imply: after a
-        driver crash, a trial can have finished in Tune's saved state before its MLflow end was written."""
-        open_children = self.client.search_runs(
+    def settle_children(self, statuses: dict[str, str], started: set[str]) -> None:
+        """Give every child still without an end status the one Tune's results imply. After a
+        driver crash, a trial can have finished in Tune's saved state before its MLflow end was
+        written. And a trial begun after Tune's last snapshot is unknown to the resumed sweep,
+        which draws another in its place (Optuna gives it a new id): a child whose trial is not
+        in ``started`` (every trial the sweep's Tune state ever started) is ``lost``, not left running."""
+        children = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
         )
-        for child in open_children:
-            status = statuses.get(child.data.tags.get(TRIAL_TAG, ""))
-            if STATUS_TAG not in child.data.tags and status is not None:
+        from mlflow.entities import RunTag
+
+        for child in children:
+            if STATUS_TAG in child.data.tags:
+                continue
+            trial_id = child.data.tags.get(TRIAL_TAG, "")
+            status = statuses.get(trial_id)
+            if trial_id not in started:
+                self.client.log_batch(child.info.run_id, tags=[
+                    RunTag(STATUS_TAG, "lost"),
+                    RunTag("tricksweep.error", "the driver died before Tune's snapshot recorded this trial; "
+                                               "the resumed sweep ran another in its place"),
+                ])
+                self.client.set_terminated(child.info.run_id, "KILLED")
+            elif status is not None:
                 self.client.set_tag(child.info.run_id, STATUS_TAG, status)
                 self.client.set_terminated(child.info.run_id, "FAILED" if status == "failed" else "FINISHED")
 
@@ -515,6 +530,10 @@ class MlflowTrials(tune.Callback):
         self.statuses = dict(state["statuses"])
         self._last_epoch = dict(state["last_epoch"])
         self._started = set(state["started"])
+
+    @property
+    def started_trials(self) -> set[str]:
+        return set(self._started)
 
     @property
     def writer(self) -> _Writer:
