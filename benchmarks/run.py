@@ -295,60 +295,70 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         log.close()
 
 
-class RssSampler:
-    """Samples this process's resident memory every ``every_s`` seconds on a thread."""
+class _Sampler:
+    """Calls ``sample()`` on entry, every ``every_s`` seconds on a thread, and on exit."""
 
-    def __init__(self, every_s: float = 0.2):
-        import psutil
+    every_s = 0.2
 
-        self._proc = psutil.Process()
-        self.every_s = every_s
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _loop(self) -> None:
-        t0 = time.perf_counter()
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter() - t0, self._proc.memory_info().rss))
-            self._stop.wait(self.every_s)
+        while not self._stop.wait(self.every_s):
+            self.sample()
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append((self.samples[-1][0] if self.samples else 0.0, self._proc.memory_info().rss))
+        self.sample()
 
 
-class CpuSampler:
+class RssSampler(_Sampler):
+    """This process's resident memory over time: ``samples`` of (seconds, bytes)."""
+
+    def __init__(self):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._t0 = time.perf_counter()
+        self.samples: list[tuple[float, int]] = []
+
+    def sample(self) -> None:
+        self.samples.append((time.perf_counter() - self._t0, self._proc.memory_info().rss))
+
+
+class CpuSampler(_Sampler):
     """CPU seconds spent while the block runs by this process and every process under it (the
-    local Ray: raylet, GCS, workers), sampled every ``every_s`` so that workers exiting at the
-    end of a sweep still count, grouped as trial workers, driver and Ray's daemons."""
+    local Ray: raylet, GCS, workers), sampled often enough that workers exiting at the end of a
+    sweep still count, grouped as trial workers, driver and Ray's daemons."""
 
-    def __init__(self, every_s: float = 0.1):
+    every_s = 0.1
+
+    def __init__(self):
         import psutil
 
         self._psutil = psutil
         self._me = psutil.Process()
-        self.every_s = every_s
-        self._start: dict[int, float] = {}
+        self._start: dict[int, float] | None = None
         self._last: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _read(self) -> dict[int, tuple[str, float]]:
-        out = {}
+    def sample(self) -> None:
         for proc in [self._me, *self._me.children(recursive=True)]:
             try:
                 with proc.oneshot():
                     cpu = proc.cpu_times()
-                    out[proc.pid] = (self._group(proc), cpu.user + cpu.system)
+                    self._last[proc.pid] = (self._group(proc), cpu.user + cpu.system)
             except self._psutil.Error:
                 pass  # exited between listing and reading: its last sample stands
-        return out
+        if self._start is None:
+            self._start = {pid: cpu for pid, (_, cpu) in self._last.items()}
 
     def _group(self, proc) -> str:
         if proc.pid == self._me.pid:
@@ -358,28 +368,14 @@ class CpuSampler:
         worker = "/_private/workers/" in command or (command.startswith("ray::") and "Agent" not in command.split()[0])
         return "trial workers" if worker else "Ray daemons"
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._last.update(self._read())
-
-    def __enter__(self) -> "CpuSampler":
-        self._start = {pid: cpu for pid, (_, cpu) in self._read().items()}
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._last.update(self._read())
-
     def by_process(self) -> list[tuple[int, str, float]]:
         return sorted(((pid, group, round(cpu - self._start.get(pid, 0.0), 2)) for pid, (group, cpu) in self._last.items()),
                       key=lambda row: -row[2])
 
     def by_group(self) -> dict[str, float]:
         groups = {"trial workers": 0.0, "driver": 0.0, "Ray daemons": 0.0}
-        for pid, (group, cpu) in self._last.items():
-            groups[group] += cpu - self._start.get(pid, 0.0)
+        for _, group, cpu in self.by_process():
+            groups[group] += cpu
         return groups
 
 
