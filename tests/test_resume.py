@@ -77,8 +77,8 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     started = children(client)
     before = histories(client, finished(started))
     assert 2 <= len(before) < 6
+    # (Usually some; none when the writer committed the part-way trial's end between the check and the kill.)
     interrupted = {r.data.tags[TRIAL_TAG] for r in started if STATUS_TAG not in r.data.tags}
-    assert interrupted
     # Tune may have started trials whose runs the driver had not yet created in MLflow.
     trial_dirs = [p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
 
