@@ -282,7 +282,7 @@ def _fit_and_record(
     if rows and all(r.status == "failed" for r in rows):
         status = "failed"
     sweep.settle_children({r.trial_id: r.status for r in rows}, tracker.started_trials)
-    if tracker.resumed or getattr(tracker, "incomplete", False):  # results Tune has but MLflow may miss
+    if tracker.resumed or tracker.incomplete:  # results Tune has but MLflow may miss
         sweep.backfill(_histories(grid), spec.metric)
     _finish_parent(sweep, grid, rows, spec, status)
     if spec.checkpoint.keep == "best_and_last":

@@ -72,6 +72,19 @@ def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: b
     return "stopped", tags
 
 
+def metric_points(result: dict, epoch: int, stamp_ms: int) -> list:
+    """A trial result's numeric metrics as MLflow points at step = epoch: Tune's bookkeeping and
+    the config (flattened to ``config/...`` in Tune's stored results) left out."""
+    from mlflow.entities import Metric
+
+    return [
+        Metric(key, float(value), stamp_ms, epoch)
+        for key, value in result.items()
+        if key not in TUNE_KEYS and not key.startswith("config/")
+        and isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+
+
 def git_sha(where: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -149,12 +162,9 @@ class SweepRun:
         written. And a trial begun after Tune's last snapshot is unknown to the resumed sweep,
         which draws another in its place (Optuna gives it a new id): a child whose trial is not
         in ``started`` (every trial the sweep's Tune state ever started) is ``lost``, not left running."""
-        children = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
-        )
         from mlflow.entities import RunTag
 
-        for child in children:
+        for child in self.children():
             if STATUS_TAG in child.data.tags:
                 continue
             trial_id = child.data.tags.get(TRIAL_TAG, "")
@@ -175,13 +185,8 @@ class SweepRun:
         when a driver died are in Tune's trial results (result.json), which a resumed sweep reads
         back. ``histories`` maps trial id to its result rows; an epoch counts as recorded when its
         ``probe`` metric is in MLflow. Returns the points written."""
-        from mlflow.entities import Metric
-
         written = 0
-        children = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
-        )
-        for child in children:
+        for child in self.children():
             rows = histories.get(child.data.tags.get(TRIAL_TAG, ""))
             if not rows:
                 continue
@@ -192,16 +197,17 @@ class SweepRun:
                 if epoch < 1 or epoch in have:
                     continue
                 have.add(epoch)  # an epoch repeated after a restore keeps its first record
-                stamp = int(float(row.get("timestamp") or time.time()) * 1000)
-                points += [
-                    Metric(k, float(v), stamp, epoch)
-                    for k, v in row.items()
-                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("config/")
-                ]
+                points += metric_points(row, epoch, int(float(row.get("timestamp") or time.time()) * 1000))
             for i in range(0, len(points), 1000):
                 self.client.log_batch(child.info.run_id, metrics=points[i : i + 1000])
             written += len(points)
         return written
+
+    def children(self) -> list:
+        """The sweep's child runs (one per trial)."""
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'", max_results=10000
+        )
 
     def child_run_id(self, trial_id: str) -> str | None:
         found = self.client.search_runs(
@@ -555,19 +561,11 @@ class MlflowTrials(tune.Callback):
         self.writer.submit("start", trial.trial_id, trial_name(trial.trial_id), params, tags)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
-
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         if epoch <= self._last_epoch.get(trial.trial_id, 0):
             return  # an epoch repeated after a restore from an older checkpoint: already recorded
         self._last_epoch[trial.trial_id] = epoch
-        now = int(time.time() * 1000)
-        points = [
-            Metric(key, float(value), now, epoch)
-            for key, value in result.items()
-            if key not in TUNE_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
-        ]
-        self.writer.submit("metrics", trial.trial_id, points)
+        self.writer.submit("metrics", trial.trial_id, metric_points(result, epoch, int(time.time() * 1000)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
