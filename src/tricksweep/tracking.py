@@ -8,6 +8,7 @@ retried until the server answers, and metric points are sent in batches (``log_b
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ray import tune
 
@@ -54,6 +55,30 @@ def resolve_tracking_uri(flag: str | None, spec_uri: str | None, cwd: Path | Non
     elif "://" not in uri:  # a bare folder means a file store
         uri = str((cwd / uri).resolve())
     return uri
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a sqlite store's folder while the store is first opened.
+
+    MLflow creates and migrates a new database file without any lock: two sweeps started at once
+    in one folder would both create its tables, and one would crash ("table ... already exists").
+    Other stores need no lock. The folder, not a lock file, is locked: nothing is left beside the
+    database (flock on a folder works on Linux and macOS).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    folder = Path(uri.removeprefix("sqlite:///")).parent
+    folder.mkdir(parents=True, exist_ok=True)  # as MLflow itself would
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: bool) -> tuple[str, dict[str, str]]:
@@ -105,16 +130,27 @@ class SweepRun:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None and found.lifecycle_stage == "deleted":
+        with store_lock(uri):  # the client opens (and on first use creates) the store
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = self._get_or_create_experiment()
+        self.run_id: str | None = None
+
+    def _get_or_create_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is None:
+            try:
+                return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root())
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                # Another sweep created it between our lookup and our create (a shared server).
+                found = self.client.get_experiment_by_name(self.experiment_name)
+        if found.lifecycle_stage == "deleted":
             # Deleted in the UI but still in the store (names stay taken): bring it back.
             self.client.restore_experiment(found.experiment_id)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=self._artifact_root())
-        self.run_id: str | None = None
+        return found.experiment_id
 
     def _artifact_root(self) -> str | None:
         # Keep artifacts beside a sqlite file rather than under whatever folder the driver ran in.
