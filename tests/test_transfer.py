@@ -4,7 +4,10 @@ combinations are rejected at validation; MLflow sources are resolved by the engi
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import synthetic_data
-from conftest import write_spec
+from conftest import TESTS, write_spec
 from tricksweep.cli import main
 from tricksweep.errors import SpecError
 from tricksweep.sources import resolve_sources
@@ -228,3 +231,26 @@ def test_unresolved_sweep_source_outside_the_engine_says_so():
     cfg = Config(data=TARGET_DATA, model=MODEL, epochs=1, init={"name": "pretrained", "source": {"sweep": "pretrain"}})
     with pytest.raises(ValueError, match="resolved to a local file by the engine"):
         train(cfg, ListReport())
+
+
+def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source, tmp_path):
+    # The source file is deleted after the Tuner is built; trials run on a node with a cache
+    # folder of its own and must still load the exact weights (frozen blocks equal the source's).
+    own = tmp_path / "driver-disk" / CHECKPOINT_FILE
+    own.parent.mkdir()
+    own.write_bytes(Path(source).read_bytes())
+    spec = write_spec(tmp_path, SPEC.replace("trials: 1", "trials: 2") + SOURCE_MODEL
+                      + f"  init: {{name: pretrained, source: '{own}', freeze: all_but_head}}\n")
+    worker_cache = tmp_path / "worker-cache"
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "scenarios" / "remote_source.py"), str(spec), str(tmp_path / "runs"), str(worker_cache)],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(TESTS)}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["errors"] == 0 and outcome["trials"] == 2, outcome
+    assert outcome["frozen_blocks_equal_source"] == [True, True], outcome
+    [copy] = outcome["worker_cache_files"]  # one copy on the node, shared by its trials
+    assert copy.startswith("sources/shipped/") and copy.endswith(CHECKPOINT_FILE), outcome
+    assert outcome["source_still_gone"]

@@ -23,7 +23,7 @@ from tricksweep import __version__
 from tricksweep import space as dsl
 from tricksweep.search import build_search, pending_trials_limit
 from tricksweep.report import Row, leaderboard, leaderboard_table, write_leaderboard_csv
-from tricksweep.sources import resolve_sources
+from tricksweep.sources import ShippedFile, localize, resolve_sources, shipped_files
 from tricksweep.errors import SpecError
 from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
 from tricksweep.tracking import (
@@ -49,6 +49,7 @@ class TrialContext:
     fixed: dict[str, Any]  # dataset, epochs, checkpoint cadence: the same for every trial
     cpus: float
     gpus: float
+    sources: dict[str, ShippedFile] = field(default_factory=dict)  # weights files, by driver path
 
 
 class TuneReport:
@@ -79,6 +80,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
         device = "cuda"
+    config = localize(config, ctx.sources)
     cfg = module.Config.model_validate({**config, **ctx.fixed, "data": {**ctx.fixed["data"], **config.get("data", {})}, "device": device})
     module.train(cfg, TuneReport())
 
@@ -245,7 +247,7 @@ def resume_sweep(
     echo(f"resuming sweep {name}: MLflow run {sweep.run_id}, Tune experiment {path}")
 
     def restore() -> tune.Tuner:
-        tuner = tune.Tuner.restore(path, trainable=trial_trainable(spec), resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trial_trainable(spec, loaded.space), resume_unfinished=True, resume_errored=True)
         for callback in _callbacks(tuner):
             if isinstance(callback, Progress):
                 callback.echo = echo  # not pickled: the console belongs to this process
@@ -323,8 +325,9 @@ def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
     return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
 
 
-def trial_trainable(spec: SweepSpec) -> Any:
-    """``run_trial`` with the spec's fixed inputs and per-trial resources attached."""
+def trial_trainable(spec: SweepSpec, space: dsl.Node) -> Any:
+    """``run_trial`` with the spec's fixed inputs, the weights files its space names, and
+    per-trial resources attached."""
     from trainables import TRAINABLES
 
     ctx = TrialContext(
@@ -332,6 +335,7 @@ def trial_trainable(spec: SweepSpec) -> Any:
         fixed=fixed_inputs(spec),
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
+        sources=shipped_files(space),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
@@ -350,7 +354,7 @@ def build_tuner(loaded: LoadedSpec, spec: SweepSpec, storage_path: str, run_name
         )
     search_alg, num_samples, space = build_search(loaded.space, spec)
     return tune.Tuner(
-        trial_trainable(spec),
+        trial_trainable(spec, loaded.space),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=spec.metric,

@@ -10,6 +10,8 @@ Trainables never import MLflow. A space may name ``init.source`` as
 and ``resolve_sources`` downloads each one into ``~/.cache/tricksweep/sources/`` and rewrites the
 space to that file's absolute path, so trials load a local file. Relative file paths become
 absolute too (trials run with cwd = their trial dir); torchvision weight names stay as they are.
+The files themselves travel to the trials with the trainable (``shipped_files``, ``localize``):
+a trial on another node of a cluster reads its node's copy, not the driver's disk.
 
     loaded = resolve_sources(load_spec("sweeps/transfer_digits.yaml"), "sqlite:////abs/mlflow.db")
 """
@@ -45,6 +47,68 @@ def resolve_sources(loaded: LoadedSpec, tracking_uri: str, echo: Callable[[str],
     resolved = dataclasses.replace(loaded, space=space, raw_space=resolver.raw(loaded.raw_space))
     _check_against_trainable(resolved.spec, space)  # the files are here now: the architecture is checked
     return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedFile:
+    """A weights file read on the driver, to be written out on whichever node a trial runs."""
+
+    name: str
+    digest: str  # of the content: copies on a node are written once and never go stale
+    data: bytes
+
+
+def shipped_files(space: dsl.Node) -> dict[str, ShippedFile]:
+    """Every weights file that the (resolved) space names as a ``source`` and that this machine
+    has, by its absolute path. Trials on other nodes cannot read the driver's disk (its source
+    cache, or a file beside the spec), so the files travel with the trainable through Ray's
+    object store. A path missing here is left out: the trial says so when it loads it."""
+    files: dict[str, ShippedFile] = {}
+
+    def visit(node: dsl.Node, under_source: bool) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(value, under_source or key == "source")
+        elif isinstance(node, dsl.Choice):
+            for option in node.options:
+                visit(option, under_source)
+        elif isinstance(node, dsl.Const):
+            visit(node.value, under_source)
+        elif under_source and isinstance(node, str) and os.path.isabs(node) and os.path.isfile(node):
+            data = Path(node).read_bytes()
+            files[node] = ShippedFile(Path(node).name, hashlib.sha256(data).hexdigest()[:20], data)
+
+    visit(space, False)
+    return files
+
+
+def localize(config: dict[str, Any], files: dict[str, ShippedFile]) -> dict[str, Any]:
+    """A trial's ``config`` with every shipped ``source`` path replaced by this node's copy of the
+    file (``<cache>/sources/shipped/<digest>/<name>``, written on first use)."""
+    if not files:
+        return config
+
+    def walk(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if key == "source" and isinstance(value, str) and value in files:
+            return str(_local_copy(files[value]))
+        return value
+
+    return walk(config)
+
+
+def _local_copy(file: ShippedFile) -> Path:
+    dest = cache_root() / "shipped" / file.digest / file.name
+    if not dest.is_file():
+        # Trials on one node may start together: each writes its own temporary file and the
+        # rename makes one of them the copy, whole.
+        _made(dest.parent)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{file.name}.")
+        with os.fdopen(fd, "wb") as out:
+            out.write(file.data)
+        os.replace(tmp, dest)
+    return dest
 
 
 def cache_root() -> Path:

@@ -1,0 +1,62 @@
+"""Scenario (run in its own process by tests/test_transfer.py): trials on a node that cannot see
+the driver's weights file still start from those weights.
+
+A 2-node cluster on one machine: the head (the driver's node) runs no trials, the worker node
+has a cache folder of its own. The sweep's ``init.source`` is a file on the driver's disk, and
+that file is deleted after the Tuner is built and before any trial starts.
+
+Usage: python remote_source.py SPEC STORAGE WORKER_CACHE  -> prints one JSON line with the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import ray
+import torch
+from ray.cluster_utils import Cluster
+
+from trainables.classifier import CHECKPOINT_FILE
+from tricksweep.runner import build_tuner
+from tricksweep.spec import load_spec
+
+
+def main(spec_path: str, storage: str, worker_cache: str) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=2, env_vars={"TRICKSWEEP_CACHE_DIR": worker_cache})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+
+    loaded = load_spec(spec_path)
+    source = Path(loaded.raw_space["init"]["source"])
+    weights = torch.load(source, weights_only=True)["model"]
+    tuner = build_tuner(loaded, loaded.spec, storage, "remote-source", [])
+    source.unlink()  # from here on the weights exist only in what the Tuner carries
+    grid = tuner.fit()
+
+    frozen_equal = []
+    for result in grid:
+        with result.checkpoint.as_directory() as folder:
+            trained = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True)["model"]
+        # freeze: all_but_head keeps every block exactly as the source had it
+        blocks = [k for k in weights if k.startswith("blocks.") and not k.endswith("num_batches_tracked")]
+        frozen_equal.append(all(torch.equal(weights[k], trained[k]) for k in blocks))
+    copies = sorted(str(p.relative_to(worker_cache)) for p in Path(worker_cache).rglob("*") if p.is_file())
+    print(json.dumps({
+        "errors": grid.num_errors,
+        "trials": len(grid),
+        "nodes": sorted({r.metrics.get("node_ip", "") for r in grid}),
+        "frozen_blocks_equal_source": frozen_equal,
+        "worker_cache_files": copies,
+        "source_still_gone": not source.exists(),
+    }))
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    main(*sys.argv[1:4])
