@@ -251,6 +251,36 @@ def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["errors"] == 0 and outcome["trials"] == 2, outcome
     assert outcome["frozen_blocks_equal_source"] == [True, True], outcome
-    [copy] = outcome["worker_cache_files"]  # one copy on the node, shared by its trials
-    assert copy.startswith("sources/shipped/") and copy.endswith(CHECKPOINT_FILE), outcome
-    assert outcome["source_still_gone"]
+    [copy] = outcome["shipped_copies"]  # one copy on the node, shared by its trials
+    assert copy.endswith(f"/{CHECKPOINT_FILE}") and outcome["copy_equals_source"] == [True], outcome
+
+
+def test_every_weights_file_a_space_names_is_shipped_once_and_localized_off_the_driver(ray_local, source, tmp_path, cache):
+    import ray
+
+    from tricksweep import space as dsl
+    from tricksweep.sources import ShippedFile, localize, shipped_files
+
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not really weights")
+    space = dsl.parse({
+        "init": {"choice": [
+            {"name": "pretrained", "source": source, "freeze": "none"},
+            {"name": "pretrained", "source": {"choice": [str(other), source]}},
+            {"name": "pretrained", "source": "resnet18.IMAGENET1K_V1"},  # a torchvision name: downloaded, not shipped
+            {"name": "pretrained", "source": str(tmp_path / "missing.pt")},  # maybe on the workers: the trial says
+        ]},
+        "notes": {"const": {"source": str(other)}},  # a constant block is walked too
+    })
+    files = shipped_files(space)
+    assert sorted(files) == sorted([source, str(other)])
+    assert ray.get(files[str(other)].data) == other.read_bytes()
+
+    config = {"init": {"name": "pretrained", "source": str(other)}, "lr": 0.1, "label": str(other)}
+    assert localize(config, files) == config  # on the driver's node the file is read where it is
+    elsewhere = {path: ShippedFile(f.name, f.digest, f.data, node="another-node") for path, f in files.items()}
+    moved = localize(config, elsewhere)
+    copy = cache / "sources" / "shipped" / files[str(other)].digest / "other.pt"
+    assert moved == {**config, "init": {"name": "pretrained", "source": str(copy)}}  # only `source` keys move
+    assert copy.read_bytes() == other.read_bytes() and oct(copy.stat().st_mode & 0o777) == "0o644"
+    assert localize(config, elsewhere) == moved and [p.name for p in copy.parent.iterdir()] == ["other.pt"]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError, did_you_mean
 from tricksweep.spec import LoadedSpec, _check_against_trainable
-from tricksweep.tracking import SWEEP_TAG
+from tricksweep.tracking import SWEEP_TAG, open_client
 
 STATE_FILE = "state.pt"
 BEST_DIR = "best_checkpoint"
@@ -51,19 +51,22 @@ def resolve_sources(loaded: LoadedSpec, tracking_uri: str, echo: Callable[[str],
 
 @dataclasses.dataclass(frozen=True)
 class ShippedFile:
-    """A weights file read on the driver, to be written out on whichever node a trial runs."""
+    """A weights file read on the driver, to be written out on the nodes whose trials need it."""
 
     name: str
-    digest: str  # of the content: copies on a node are written once and never go stale
-    data: bytes
+    digest: str  # of the content: a node's copy is written once and never goes stale
+    data: Any  # Ray ObjectRef of the bytes: fetched only by a node that has no copy yet
+    node: str  # the driver's node, where trials read the file where it is
 
 
 def shipped_files(space: dsl.Node) -> dict[str, ShippedFile]:
     """Every weights file that the (resolved) space names as a ``source`` and that this machine
-    has, by its absolute path. Trials on other nodes cannot read the driver's disk (its source
-    cache, or a file beside the spec), so the files travel with the trainable through Ray's
-    object store. A path missing here is left out: the trial says so when it loads it."""
-    files: dict[str, ShippedFile] = {}
+    has, by its absolute path, put in Ray's object store (Ray must be running). Trials on other
+    nodes cannot read the driver's disk (its source cache, or a file beside the spec). A path
+    missing here is left out: it may exist on the workers, and the trial says so if not."""
+    import ray
+
+    paths: set[str] = set()
 
     def visit(node: dsl.Node, under_source: bool) -> None:
         if isinstance(node, dict):
@@ -75,39 +78,56 @@ def shipped_files(space: dsl.Node) -> dict[str, ShippedFile]:
         elif isinstance(node, dsl.Const):
             visit(node.value, under_source)
         elif under_source and isinstance(node, str) and os.path.isabs(node) and os.path.isfile(node):
-            data = Path(node).read_bytes()
-            files[node] = ShippedFile(Path(node).name, hashlib.sha256(data).hexdigest()[:20], data)
+            paths.add(node)
 
     visit(space, False)
+    files = {}
+    driver = ray.get_runtime_context().get_node_id() if paths else ""
+    for path in sorted(paths):
+        data = Path(path).read_bytes()
+        files[path] = ShippedFile(Path(path).name, hashlib.sha256(data).hexdigest()[:20], ray.put(data), driver)
     return files
 
 
 def localize(config: dict[str, Any], files: dict[str, ShippedFile]) -> dict[str, Any]:
     """A trial's ``config`` with every shipped ``source`` path replaced by this node's copy of the
-    file (``<cache>/sources/shipped/<digest>/<name>``, written on first use)."""
+    file (``<cache>/sources/shipped/<digest>/<name>``, written once), except on the driver's node,
+    where the file is read where it is."""
     if not files:
         return config
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
 
     def walk(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
             return {k: walk(v, k) for k, v in value.items()}
-        if key == "source" and isinstance(value, str) and value in files:
-            return str(_local_copy(files[value]))
+        shipped = files.get(value) if key == "source" and isinstance(value, str) else None
+        if shipped is not None and not (shipped.node == here and os.path.isfile(value)):
+            return str(_local_copy(shipped))
         return value
 
     return walk(config)
 
 
 def _local_copy(file: ShippedFile) -> Path:
+    import ray
+
     dest = cache_root() / "shipped" / file.digest / file.name
-    if not dest.is_file():
-        # Trials on one node may start together: each writes its own temporary file and the
-        # rename makes one of them the copy, whole.
-        _made(dest.parent)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{file.name}.")
+    if dest.is_file():
+        return dest
+    # Trials on one node may start together: each writes a temporary file of its own and the
+    # rename makes one of them the copy, whole.
+    _made(dest.parent)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{file.name}.")
+    try:
         with os.fdopen(fd, "wb") as out:
-            out.write(file.data)
+            out.write(ray.get(file.data))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared by users
         os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return dest
 
 
@@ -187,10 +207,9 @@ class _Resolver:
 
     def _from_sweep(self, name: str, path: str) -> str:
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         where = f"{path} = {{sweep: {name}}}"
-        client = MlflowClient(tracking_uri=self.uri)
+        client = open_client(self.uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             names = [e.name for e in client.search_experiments()]
@@ -238,6 +257,7 @@ class _Resolver:
         where = f"{path} = {{mlflow: {artifact_uri}}}"
         dest = cache_root() / "mlflow" / hashlib.sha1(artifact_uri.encode()).hexdigest()[:16]
         shutil.rmtree(dest, ignore_errors=True)  # models:/<name>/latest may move: fetch afresh
+        open_client(self.uri)  # a store MLflow has to create is created once, under the lock
         try:
             with _no_progress_bar():
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(_made(dest)), tracking_uri=self.uri))

@@ -8,7 +8,6 @@ retried until the server answers, and metric points are sent in batches (``log_b
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ray import tune
 
@@ -57,28 +56,41 @@ def resolve_tracking_uri(flag: str | None, spec_uri: str | None, cwd: Path | Non
     return uri
 
 
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on a sqlite store's folder while the store is first opened.
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (absolute after resolve_tracking_uri)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
-    MLflow creates and migrates a new database file without any lock: two sweeps started at once
-    in one folder would both create its tables, and one would crash ("table ... already exists").
-    Other stores need no lock. The folder, not a lock file, is locked: nothing is left beside the
-    database (flock on a folder works on Linux and macOS).
+
+def open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``, its store opened under a lock when it is a sqlite file.
+
+    MLflow creates and migrates a new database file on first open, without any lock: two sweeps
+    started at once in one folder would both create its tables and one would crash ("table ...
+    already exists"). The lock file lives in tricksweep's cache, keyed by the database's path,
+    so nothing appears beside the database; where the cache is not writable, no lock is taken.
     """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
+    import hashlib
 
-    folder = Path(uri.removeprefix("sqlite:///")).parent
-    folder.mkdir(parents=True, exist_ok=True)  # as MLflow itself would
-    fd = os.open(folder, os.O_RDONLY)
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    from trainables.data import cache_dir
+
+    lock = None
+    if (db := sqlite_file(uri)) is not None:
+        locks = cache_dir() / "locks"
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(locks / f"{hashlib.sha256(str(db).encode()).hexdigest()[:20]}.lock"))
+            lock.acquire()
+        except OSError as err:
+            log.debug("opening %s without a lock: %s", db, err)
+            lock = None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        return MlflowClient(tracking_uri=uri)  # opens the store: creates and migrates it if new
     finally:
-        os.close(fd)  # releases the lock
+        if lock is not None:
+            lock.release()
 
 
 def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: bool) -> tuple[str, dict[str, str]]:
@@ -124,15 +136,12 @@ class SweepRun:
     """The parent run of one sweep: created before Tune starts, finished after it returns."""
 
     def __init__(self, uri: str, experiment: str):
-        from mlflow.tracking import MlflowClient
-
         # MLflow prints a "View run" link per ended run against a server: noise between our progress lines.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.uri = uri
         self.experiment_name = experiment
-        with store_lock(uri):  # the client opens (and on first use creates) the store
-            self.client = MlflowClient(tracking_uri=uri)
-            self.experiment_id = self._get_or_create_experiment()
+        self.client = open_client(uri)
+        self.experiment_id = self._get_or_create_experiment()
         self.run_id: str | None = None
 
     def _get_or_create_experiment(self) -> str:
@@ -145,7 +154,7 @@ class SweepRun:
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-                # Another sweep created it between our lookup and our create (a shared server).
+                # Another sweep created it between our lookup and our create.
                 found = self.client.get_experiment_by_name(self.experiment_name)
         if found.lifecycle_stage == "deleted":
             # Deleted in the UI but still in the store (names stay taken): bring it back.
@@ -154,17 +163,13 @@ class SweepRun:
 
     def _artifact_root(self) -> str | None:
         # Keep artifacts beside a sqlite file rather than under whatever folder the driver ran in.
-        if self.uri.startswith("sqlite:///"):
-            db = Path(self.uri.removeprefix("sqlite:///"))
-            return (db.parent / "mlruns" / self.experiment_name).as_uri()
-        return None
+        db = sqlite_file(self.uri)
+        return (db.parent / "mlruns" / self.experiment_name).as_uri() if db else None
 
     @classmethod
     def latest(cls, uri: str, name: str) -> SweepRun:
         """The most recent parent run of sweep ``name``; SpecError listing the sweeps found if none."""
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
+        client = open_client(uri)
         experiment = client.get_experiment_by_name(name)
         parents = []
         if experiment is not None:

@@ -32,6 +32,7 @@ def main(spec_path: str, storage: str, worker_cache: str) -> None:
 
     loaded = load_spec(spec_path)
     source = Path(loaded.raw_space["init"]["source"])
+    data = source.read_bytes()
     weights = torch.load(source, weights_only=True)["model"]
     tuner = build_tuner(loaded, loaded.spec, storage, "remote-source", [])
     source.unlink()  # from here on the weights exist only in what the Tuner carries
@@ -44,14 +45,14 @@ def main(spec_path: str, storage: str, worker_cache: str) -> None:
         # freeze: all_but_head keeps every block exactly as the source had it
         blocks = [k for k in weights if k.startswith("blocks.") and not k.endswith("num_batches_tracked")]
         frozen_equal.append(all(torch.equal(weights[k], trained[k]) for k in blocks))
-    copies = sorted(str(p.relative_to(worker_cache)) for p in Path(worker_cache).rglob("*") if p.is_file())
+    shipped = Path(worker_cache) / "sources" / "shipped"
+    copies = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
     print(json.dumps({
         "errors": grid.num_errors,
         "trials": len(grid),
-        "nodes": sorted({r.metrics.get("node_ip", "") for r in grid}),
         "frozen_blocks_equal_source": frozen_equal,
-        "worker_cache_files": copies,
-        "source_still_gone": not source.exists(),
+        "shipped_copies": copies,
+        "copy_equals_source": [(shipped / c).read_bytes() == data for c in copies],
     }))
     ray.shutdown()
     cluster.shutdown()
