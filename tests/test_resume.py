@@ -182,3 +182,35 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
     assert state(lost) == ("KILLED", "lost")
     assert "snapshot" in sweep.client.get_run(lost).data.tags["tricksweep.error"]
     assert state(ended)[1] == "stopped_by_asha"
+
+
+def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, monkeypatch):
+    # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
+    # race on a dying node): it continues from its last checkpoint in the same child run.
+    from fails_once_trainable import ERROR
+    from trainables import TRAINABLES
+    from tricksweep.runner import resume_sweep, run_sweep
+    from tricksweep.spec import load_spec
+
+    monkeypatch.setitem(TRAINABLES, "fails_once", "fails_once_trainable")
+    spec = write_spec(
+        tmp_path,
+        "name: fails_once\ntrainable: fails_once\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
+        "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
+        "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
+    client = MlflowClient(uri)
+    [errored] = [c for c in client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+                 if c.data.tags[STATUS_TAG] == "failed"]
+    assert first.errors == 1 and errored.data.tags["tricksweep.error"] == f"RuntimeError: {ERROR}"
+
+    second = resume_sweep("fails_once", tracking_uri=uri, echo=lambda _: None)
+    assert second.errors == 0 and {r.status for r in second.rows} == {"completed"}
+    run = client.get_run(errored.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "completed"
+    assert run.data.tags[RESUMED_TAG] == "true" and "tricksweep.error" not in run.data.tags
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3]  # epoch 1 from the first attempt, 2 and 3 after the resume
+    assert len(client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")) == 2

@@ -504,6 +504,8 @@ class _Writer:
                 if self.resumed:
                     self.client.update_run(run_id, status="RUNNING")
                     self.client.set_tag(run_id, RESUMED_TAG, "true")
+                    if "tricksweep.error" in existing[0].data.tags:  # an errored trial runs again: the error is past
+                        self.client.delete_tag(run_id, "tricksweep.error")
                 return run_id
         self._start_tried.add(trial_id)
         run = self.client.create_run(
@@ -617,6 +619,11 @@ class MlflowTrials(tune.Callback):
         self.writer.submit("tags", trial.trial_id, {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id not in self._started:
+            # Tune errors some trials that never started: one whose actor failed to start, and
+            # (Ray 2.60) one whose node died while a reused actor was being reset for it, whatever
+            # max_failures says. The trial still gets its child run, to say so.
+            self.on_trial_start(iteration, trials, trial)
         self._finish(trial, "failed", {"tricksweep.error": error_line(trial)}, "FAILED")
 
     def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:

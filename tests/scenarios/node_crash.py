@@ -16,7 +16,7 @@ import ray.tune
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from tricksweep.runner import run_sweep
+from tricksweep.runner import resume_sweep, run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import STATUS_TAG, SWEEP_TAG
 
@@ -41,12 +41,25 @@ def main(spec_path: str, uri: str, storage: str) -> None:
 
     result: dict = {}
 
-    def sweep() -> None:
-        outcome = run_sweep(load_spec(spec_path), tracking_uri=uri, storage=storage, echo=lambda _: None)
+    def record(outcome) -> None:
         result.update(errors=outcome.errors, trials=len(outcome.rows), statuses=[r.status for r in outcome.rows])
         grid = ray.tune.ExperimentAnalysis(outcome.experiment_path)
         # Every epoch each trial reported to Tune, across its retries, in order.
         result["epochs_reported"] = {t: df["epoch"].tolist() for t, df in grid.trial_dataframes.items()}
+
+    def sweep() -> None:
+        outcome = run_sweep(load_spec(spec_path), tracking_uri=uri, storage=storage, echo=lambda _: None)
+        record(outcome)
+        # Ray 2.60 errors a trial, whatever max_failures says, when the node dies while Tune resets
+        # a reused actor there for it. Such trials are recorded as failed; `tricksweep resume` runs them.
+        failed = [r.trial_id for r in outcome.rows if r.status == "failed"]
+        result["first_pass_failed"] = failed
+        result["first_pass_failed_in_mlflow"] = sorted(
+            r.data.tags.get(STATUS_TAG, "") for r in client.search_runs(
+                [outcome.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child' and tags.`{STATUS_TAG}` = 'failed'")
+        )
+        if failed:
+            record(resume_sweep("node_crash", tracking_uri=uri, echo=lambda _: None))
 
     client = MlflowClient(uri)
     client.search_experiments()  # create the store before the sweep does: concurrent migrations race
