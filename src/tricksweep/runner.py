@@ -27,6 +27,7 @@ from tricksweep.sources import ShippedFile, localize, resolve_sources, shipped_f
 from tricksweep.errors import SpecError
 from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
 from tricksweep.tracking import (
+    ERROR_TAG,
     SWEEP_TAG,
     MlflowTrials,
     SweepRun,
@@ -273,7 +274,7 @@ def _fit_and_record(
         if tracker is not None:
             tracker.close()
         if status != "completed":
-            sweep.finish("failed", {"tricksweep.error": "the sweep driver stopped before Tune finished"})
+            sweep.finish("failed", {ERROR_TAG: "the sweep driver stopped before Tune finished"})
         if owns_ray:
             import ray
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "tricksweep.trial_id"
 STATUS_TAG = "tricksweep.status"
+ERROR_TAG = "tricksweep.error"  # one line: why a trial or sweep failed
 SWEEP_TAG = "tricksweep.sweep"
 RESUMED_TAG = "tricksweep.resumed"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
@@ -213,7 +214,7 @@ class SweepRun:
             if trial_id not in started:
                 self.client.log_batch(child.info.run_id, tags=[
                     RunTag(STATUS_TAG, "lost"),
-                    RunTag("tricksweep.error", "the driver died before Tune's snapshot recorded this trial; "
+                    RunTag(ERROR_TAG, "the driver died before Tune's snapshot recorded this trial; "
                                                "the resumed sweep ran another in its place"),
                 ])
                 self.client.set_terminated(child.info.run_id, "KILLED")
@@ -504,8 +505,8 @@ class _Writer:
                 if self.resumed:
                     self.client.update_run(run_id, status="RUNNING")
                     self.client.set_tag(run_id, RESUMED_TAG, "true")
-                    if "tricksweep.error" in existing[0].data.tags:  # an errored trial runs again: the error is past
-                        self.client.delete_tag(run_id, "tricksweep.error")
+                    if ERROR_TAG in existing[0].data.tags:  # an errored trial runs again: the error is past
+                        self.client.delete_tag(run_id, ERROR_TAG)
                 return run_id
         self._start_tried.add(trial_id)
         run = self.client.create_run(
@@ -624,7 +625,7 @@ class MlflowTrials(tune.Callback):
             # (Ray 2.60) one whose node died while a reused actor was being reset for it, whatever
             # max_failures says. The trial still gets its child run, to say so.
             self.on_trial_start(iteration, trials, trial)
-        self._finish(trial, "failed", {"tricksweep.error": error_line(trial)}, "FAILED")
+        self._finish(trial, "failed", {ERROR_TAG: error_line(trial)}, "FAILED")
 
     def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:
         self.statuses[trial.trial_id] = status
