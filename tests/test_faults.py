@@ -15,17 +15,21 @@ from ray import tune
 from conftest import TESTS, write_spec
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, MlflowTrials, SweepRun
 
-NODE_CRASH_SPEC = """\
+# Long enough trials that the kill reliably lands while several run: the scenario waits until 3
+# have 2 epochs in MLflow, which the writer's 2 s linger delays. With 12 epochs (about 2 s a
+# trial once warm) a fast machine finished every trial before that point.
+EPOCHS = 40
+NODE_CRASH_SPEC = f"""\
 name: node_crash
 metric: val_accuracy
 mode: max
-budget: {trials: 6, max_epochs: 12}
-scheduler: {type: none}
+budget: {{trials: 6, max_epochs: {EPOCHS}}}
+scheduler: {{type: none}}
 max_failures: 3
 seed: 5
 space:
-  model: {name: cnn, width: 16}
-  optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
+  model: {{name: cnn, width: 16}}
+  optimizer: {{name: adam, lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
 """
 
 
@@ -54,7 +58,7 @@ def test_worker_node_crash_loses_no_trial(tmp_path: Path):
     for child in children:
         assert child.data.tags[STATUS_TAG] == "completed" and "tricksweep.error" not in child.data.tags
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-        assert sorted(steps) == list(range(1, 13)), f"{child.data.tags[TRIAL_TAG]}: {sorted(steps)}"
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), f"{child.data.tags[TRIAL_TAG]}: {sorted(steps)}"
     # Interrupted trials continued from a checkpoint: none started over at epoch 1.
     assert all(epochs.count(1) == 1 for epochs in outcome["epochs_reported"].values()), outcome["epochs_reported"]
     print(f"node crash: {len(retried)} trials interrupted and retried, {len(outcome['first_pass_failed'])} errored by "
