@@ -51,17 +51,10 @@ class Contrast(Strict):
     strength: float = Field(0.3, gt=0, lt=1, description="contrast factor drawn from [1-strength, 1+strength]")
 
 
-AUGMENTATIONS: dict[str, type[Strict]] = {
-    "rotate": Rotate,
-    "flip": Flip,
-    "crop": Crop,
-    "noise": Noise,
-    "color": Color,
-    "contrast": Contrast,
-}
-
-
 class Augment(Strict):
+    """Every op, off by default. Adding an op is one field here and its arithmetic in ``apply``;
+    the contract tests over ``AUGMENTATIONS`` fail until ``apply`` uses it."""
+
     rotate: Rotate = Rotate()
     flip: Flip = Flip()
     crop: Crop = Crop()
@@ -72,6 +65,10 @@ class Augment(Strict):
     @property
     def active(self) -> bool:
         return any(getattr(self, name).p > 0 for name in AUGMENTATIONS)
+
+
+# The option table is derived from Augment's fields: one list of ops, never two to keep in step.
+AUGMENTATIONS: dict[str, type[Strict]] = {name: info.annotation for name, info in Augment.model_fields.items()}
 
 
 def apply(x, aug: Augment, gen):

@@ -22,8 +22,3 @@ def one_of(table: dict[str, type[Strict]]) -> Any:
     """A field type accepting any option of ``table``, picked by its ``name`` (or a bare name)."""
     union = Union[tuple(table.values())]  # noqa: UP007 - built at run time from the table
     return Annotated[union, Discriminator("name"), BeforeValidator(_name_shorthand)]
-
-
-def accepted(option: type[Strict]) -> list[str]:
-    """Parameter names an option takes, for error messages: ``accepted(Adam)`` -> ['lr', ...]."""
-    return [k for k in option.model_fields if k != "name"]
