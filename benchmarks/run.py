@@ -220,7 +220,7 @@ def run_engine(bench: Bench, loaded, callbacks: list | None = None) -> float:
     has no switch to turn tracking off, so this is "tracking off"."""
     from tricksweep.runner import build_tuner
 
-    tuner = build_tuner(loaded, loaded.spec, bench.storage, bench.name("engine"), callbacks or [])
+    tuner = build_tuner(loaded, bench.storage, bench.name("engine"), callbacks or [])
     return timed_fit(tuner, loaded.spec.name)
 
 
@@ -237,11 +237,12 @@ def timed_fit(tuner, label: str) -> float:
 def run_plain(bench: Bench, loaded, reuse_actors: bool) -> float:
     from benchmarks.peers import plain_tuner
     from trainables import TRAINABLES
-    from tricksweep.runner import fixed_inputs, param_space
+    from tricksweep import search
+    from tricksweep.runner import fixed_inputs
 
     spec = loaded.spec
     tuner = plain_tuner(
-        param_space(loaded), fixed_inputs(spec), storage=bench.storage, name=bench.name("plain"),
+        search.build(loaded.space, spec)[2], fixed_inputs(spec), storage=bench.storage, name=bench.name("plain"),
         reuse_actors=reuse_actors, seed=spec.seed, num_samples=spec.budget.trials, module=TRAINABLES[spec.trainable],
         metric=spec.metric,
     )
@@ -630,15 +631,15 @@ def section_p4(bench: Bench) -> None:
     full_wall, full = run_ours(bench, full_spec)
     say(f"  P4 no stopping: {full_wall:.1f} s")
 
-    def key(row) -> tuple:
-        return (row.config.get("seed"), json.dumps(row.config, sort_keys=True, default=str))
+    def key(trial) -> tuple:
+        return (trial.params.get("seed"), json.dumps(trial.params, sort_keys=True, default=str))
 
-    same = sorted(map(key, asha.rows)) == sorted(map(key, full.rows))
-    if asha.best is None or full.best is None or asha.best.value is None or full.best.value is None:
+    same = sorted(map(key, asha.trials)) == sorted(map(key, full.trials))
+    if asha.best_value is None or full.best_value is None:
         raise RuntimeError("P4: a sweep reported no val_accuracy")
-    asha_epochs = sum(r.epochs for r in asha.rows)
-    full_epochs = sum(r.epochs for r in full.rows)
-    best_asha, best_full = asha.best.value, full.best.value
+    asha_epochs = sum(r.epochs for r in asha.trials)
+    full_epochs = sum(r.epochs for r in full.trials)
+    best_asha, best_full = asha.best_value, full.best_value
     gap = (best_full - best_asha) * 100
     m = f"ASHA (grace {z.p4_grace}, eta 3) on {z.p4_trials} trials x {z.p4_epochs} epochs vs no stopping, same configs+seeds"
     r = asha_epochs / full_epochs
@@ -663,7 +664,7 @@ def section_p4(bench: Bench) -> None:
     bench.add("P4", m, "wall ASHA / no stopping", asha_wall, "s", ratio=asha_wall / full_wall, goal="info",
               note=f"no stopping {full_wall:.1f} s")
     bench.details["p4"] = {"asha_wall_s": asha_wall, "full_wall_s": full_wall, "same_configs": same,
-                           "asha_statuses": _count(r.status for r in asha.rows)}
+                           "asha_statuses": _count(r.status for r in asha.trials)}
 
 
 def _count(items) -> dict[str, int]:
@@ -690,7 +691,7 @@ def section_p5(bench: Bench) -> None:
             spec = write_spec(bench, f"p5-{searcher}-s{seed}", raw, trials=z.p5_trials, max_epochs=z.p5_epochs,
                               seed=seed, scheduler=asha, searcher="optuna_tpe" if searcher == "tpe" else "random")
             wall, outcome = run_ours(bench, spec)
-            runs[searcher].append({"best": outcome.best.value, "wall_s": wall, "epochs": sum(r.epochs for r in outcome.rows)})
+            runs[searcher].append({"best": outcome.best_value, "wall_s": wall, "epochs": sum(r.epochs for r in outcome.trials)})
         peer = optuna_study(parsed, fixed, trials=z.p5_trials, grace=z.p5_grace, reduction_factor=3, seed=seed)
         runs["optuna"].append(peer)
         say(f"  P5 seed {seed}: " + ", ".join(

@@ -8,7 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
-from tricksweep.cli import asha_expected_epochs, asha_rungs, main
+from tricksweep.asha import expected_epochs as asha_expected_epochs
+from tricksweep.asha import rungs as asha_rungs
+from tricksweep.cli import main
 from tricksweep.tracking import resolve_tracking_uri
 
 
@@ -68,7 +70,7 @@ def test_ls_lists_trainables_fragments_and_sweeps(monkeypatch: pytest.MonkeyPatc
 def test_error_line_is_the_exception_not_a_trailing_help_link(tmp_path: Path):
     from types import SimpleNamespace
 
-    from tricksweep.tracking import error_line
+    from tricksweep.callbacks import error_line
 
     error_file = tmp_path / "error.txt"
     error_file.write_text(
@@ -82,18 +84,18 @@ def test_error_line_is_the_exception_not_a_trailing_help_link(tmp_path: Path):
 
 
 def test_a_sweep_whose_experiment_was_deleted_in_the_ui_records_again(tracking_uri: str):
-    from tricksweep.tracking import SweepRun
+    from tricksweep.tracking import ParentRun
 
     client = MlflowClient(tracking_uri)
     client.delete_experiment(client.create_experiment("gone"))
-    sweep = SweepRun(tracking_uri, "gone")
+    sweep = ParentRun(tracking_uri, "gone")
     sweep.start("gone-1", {"a": 1}, {})
     assert client.get_experiment(sweep.experiment_id).lifecycle_stage == "active"
     assert client.get_run(sweep.run_id).data.params == {"a": "1"}
 
 
 def test_credentials_in_uris_are_not_logged_as_params():
-    from tricksweep.tracking import _param_value
+    from tricksweep.tracking import param_value
 
-    assert _param_value("http://bob:s3cret@mlflow.internal:5000") == "http://***@mlflow.internal:5000"
-    assert _param_value("s3://bucket/runs") == "s3://bucket/runs"
+    assert param_value("http://bob:s3cret@mlflow.internal:5000") == "http://***@mlflow.internal:5000"
+    assert param_value("s3://bucket/runs") == "s3://bucket/runs"

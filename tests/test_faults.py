@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from conftest import TESTS, write_spec
-from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, MlflowTrials, SweepRun
+from tricksweep.callbacks import MlflowTrials
+from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
 
 # Long enough trials that the kill reliably lands while several run: the scenario waits until 3
 # have 2 epochs in MLflow, which the writer's 2 s linger delays. With 12 epochs (about 2 s a
@@ -72,7 +73,7 @@ class _FailsToStart(tune.Trainable):
 
 def test_a_trial_that_errors_before_it_starts_still_gets_its_child_run(ray_local, tracking_uri, tmp_path: Path):
     # Tune calls on_trial_error without on_trial_start when a trial's actor never starts.
-    sweep = SweepRun(tracking_uri, "never_started")
+    sweep = ParentRun(tracking_uri, "never_started")
     parent = sweep.start("never_started-1", {}, {SWEEP_TAG: "parent"})
     tracker = MlflowTrials(tracking_uri, sweep.experiment_id, parent, max_epochs=1, asha=False, time_limit_s=None)
     grid = tune.Tuner(

@@ -55,13 +55,13 @@ def test_one_parent_and_one_child_per_trial(asha_run):
     parents = [r for r in runs if PARENT_TAG not in r.data.tags]
     assert [p.info.run_id for p in parents] == [outcome.parent_run_id]
     children = children_of(runs, outcome.parent_run_id)
-    assert len(children) == 10 == len(outcome.rows)
-    assert {c.data.tags[TRIAL_TAG] for c in children} == {r.trial_id for r in outcome.rows}
+    assert len(children) == 10 == len(outcome.trials)
+    assert {c.data.tags[TRIAL_TAG] for c in children} == {r.trial_id for r in outcome.trials}
 
 
 def test_metric_history_has_one_point_per_reported_epoch(asha_run):
     outcome, client, runs = asha_run
-    epochs = {r.trial_id: r.epochs for r in outcome.rows}
+    epochs = {r.trial_id: r.epochs for r in outcome.trials}
     for child in children_of(runs, outcome.parent_run_id):
         trial = child.data.tags[TRIAL_TAG]
         for key in ("val_accuracy", "val_loss", "train_loss", "lr", "epoch_time_s"):
@@ -116,7 +116,7 @@ def test_parent_has_spec_leaderboard_and_best_checkpoint(asha_run):
     assert parent.data.params["scheduler.type"] == "asha"
     assert parent.data.tags["tricksweep.scheduler"] == "asha"
     assert parent.data.tags["tricksweep.best_trial"] == outcome.best.trial_id
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(outcome.best.value)
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(outcome.best_value)
     best_child = client.get_run(parent.data.tags["tricksweep.best_run_id"])
     assert best_child.data.tags[TRIAL_TAG] == outcome.best.trial_id
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
@@ -130,12 +130,12 @@ def test_parent_has_spec_leaderboard_and_best_checkpoint(asha_run):
 
 def test_leaderboard_is_ranked_by_each_trials_best_epoch(asha_run):
     outcome, client, runs = asha_run
-    values = [r.value for r in outcome.rows if r.value is not None]
+    values = [row.mean for row in outcome.leaderboard if row.mean is not None]
     assert values == sorted(values, reverse=True)
     best = outcome.best
     child = next(c for c in children_of(runs, outcome.parent_run_id) if c.data.tags[TRIAL_TAG] == best.trial_id)
     history = client.get_metric_history(child.info.run_id, "val_accuracy")
-    assert max(m.value for m in history) == pytest.approx(best.value)
+    assert max(m.value for m in history) == pytest.approx(outcome.best_value)
 
 
 def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
@@ -178,4 +178,4 @@ def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, mo
     assert children["0.5"].data.tags["tricksweep.error"] == f"RuntimeError: {ERROR}"
     assert [m.step for m in client.get_metric_history(children["0.5"].info.run_id, "val_accuracy")] == [1]
     assert children["0.0"].data.tags[STATUS_TAG] == "completed"
-    assert {r.status for r in outcome.rows} == {"failed", "completed"}
+    assert {r.status for r in outcome.trials} == {"failed", "completed"}

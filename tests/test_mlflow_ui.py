@@ -111,7 +111,7 @@ def test_sweep_in_the_mlflow_ui(server):
             page.locator("[role=gridcell]", has=parent).locator("button[data-component-id*='runnamecellrenderer']").click()
             children = page.get_by_role("link", name="trial-")
             children.first.wait_for()
-            assert children.count() == len(outcome.rows) == 6
+            assert children.count() == len(outcome.trials) == 6
             page.screenshot(path=str(SHOTS / "mlflow_ui_runs.png"))
 
             # A child run charts its metrics with step = epoch.

@@ -145,6 +145,6 @@ def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, capsys):
     record_sweep(uri, "tiny", configs=2, repeats=1, asha=False)
     assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "top 2 of 2 configurations" in out
+    assert "top 2 of 2 trials" in out  # no repeats: one trial per configuration
     assert "effects not estimable: 2 finished trials (need at least 5)" in out
     assert "too few configurations" in out  # the claims say why they are inconclusive

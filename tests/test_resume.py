@@ -119,7 +119,7 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
 
 
 def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path):
-    from tricksweep.tracking import MlflowTrials
+    from tricksweep.callbacks import MlflowTrials
 
     def callback() -> MlflowTrials:
         return MlflowTrials(f"sqlite:///{tmp_path / 'unused.db'}", "0", "p", max_epochs=3, asha=False, time_limit_s=60)
@@ -139,10 +139,10 @@ def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trial
 
 
 def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tmp_path: Path, capsys):
-    from tricksweep.tracking import SweepRun
+    from tricksweep.tracking import ParentRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    SweepRun(uri, "alpha").start("alpha-1", {}, {SWEEP_TAG: "parent"})
+    ParentRun(uri, "alpha").start("alpha-1", {}, {SWEEP_TAG: "parent"})
     assert main(["resume", "alpah", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
     assert "sweep = 'alpah': no sweep of that name" in err and "did you mean 'alpha'" in err and "sweeps found: alpha" in err
@@ -160,9 +160,9 @@ def test_unreachable_address_fails_fast_with_one_line(address: str, tmp_path: Pa
 
 
 def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved_lost(tmp_path: Path):
-    from tricksweep.tracking import SweepRun
+    from tricksweep.tracking import ParentRun
 
-    sweep = SweepRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "settle")
+    sweep = ParentRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "settle")
     sweep.start("settle-1", {}, {SWEEP_TAG: "parent"})
 
     def child(trial: str, **tags: str) -> str:
@@ -207,7 +207,7 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
     assert first.errors == 1 and errored.data.tags["tricksweep.error"] == f"RuntimeError: {ERROR}"
 
     second = resume_sweep("fails_once", tracking_uri=uri, echo=lambda _: None)
-    assert second.errors == 0 and {r.status for r in second.rows} == {"completed"}
+    assert second.errors == 0 and {r.status for r in second.trials} == {"completed"}
     run = client.get_run(errored.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[STATUS_TAG] == "completed"
     assert run.data.tags[RESUMED_TAG] == "true" and "tricksweep.error" not in run.data.tags

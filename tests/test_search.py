@@ -11,7 +11,7 @@ from conftest import write_spec
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError
 from tricksweep.runner import run_sweep
-from tricksweep.search import OptunaRepeats, repeat_seeds
+from tricksweep.searchers import OptunaRepeats, repeat_seeds
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG
 
@@ -152,8 +152,8 @@ def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(r
     assert outcome.errors == 0
     # 9 epochs = 3 trials of 3. The budget is checked before each new trial; the 2 running and the 1
     # queued when it ran out still finish: 5 trials at most, not the 8 of trials x repeats.
-    assert 3 <= len(outcome.rows) <= 5
-    assert sum(r.epochs for r in outcome.rows) >= 9
+    assert 3 <= len(outcome.trials) <= 5
+    assert sum(r.epochs for r in outcome.trials) >= 9
     client = MlflowClient(uri)
     children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
     by_config: dict[str, list[str]] = {}
@@ -169,7 +169,8 @@ def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(r
 
 
 def test_grid_repeats_are_one_more_grid_axis_and_random_keeps_ray_sampling(tmp_path):
-    from tricksweep.search import BudgetedVariants, build_search
+    from tricksweep.search import build as build_search
+    from tricksweep.searchers import BudgetedVariants
 
     text = ("name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2, max_total_epochs: 5}\n"
             "searcher: SEARCHER\nrepeats: REPEATS\nspace:\n  batch_norm: {choice: [false, true]}\n")
@@ -184,3 +185,59 @@ def test_grid_repeats_are_one_more_grid_axis_and_random_keeps_ray_sampling(tmp_p
     repeated = load_spec(write_spec(tmp_path, text.replace("SEARCHER", "random").replace("REPEATS", "2")))
     search_alg, num_samples, _ = build_search(repeated.space, repeated.spec)
     assert isinstance(search_alg, OptunaRepeats) and search_alg.sampler_name == "random" and num_samples == 2
+
+
+def _contract_space(continuous: bool) -> dict:
+    """A small conditional space: momentum exists only in the sgd_momentum block."""
+    lr = {"loguniform": [1.0e-3, 1.0e-1]} if continuous else {"choice": [0.001, 0.01]}
+    momentum = {"uniform": [0.8, 0.9]} if continuous else {"choice": [0.8, 0.9]}
+    return {
+        "optimizer": {"choice": [{"name": "adam", "lr": lr}, {"name": "sgd_momentum", "lr": lr, "momentum": momentum}]},
+        "model": {"name": "mlp", "width": {"int": [8, 9]}, "depth": 1},
+    }
+
+
+def _score(config: dict) -> None:
+    from ray import tune
+
+    for epoch in (1, 2):
+        tune.report({"score": config["optimizer"]["lr"] * epoch + config["model"]["width"], "epoch": epoch, "end": ""})
+
+
+@pytest.mark.parametrize("name", sorted(__import__("tricksweep.search", fromlist=["SEARCHERS"]).SEARCHERS))
+def test_every_registered_searcher_runs_a_conditional_space(name, ray_local, tmp_path):
+    """The registry's contract: each searcher runs the trials validate promises, over a space with
+    conditional blocks, every config shaped as its block says and inside its ranges."""
+    import yaml
+    from ray import tune
+
+    from tricksweep import search
+
+    entry = search.SEARCHERS[name]
+    data = {"name": "contract", "metric": "val_accuracy", "mode": "max", "searcher": name,
+            "budget": {"trials": 1 if entry.enumerates_ranges else 4, "max_epochs": 2}, "space": _contract_space(entry.continuous)}
+    loaded = load_spec(write_spec(tmp_path, yaml.safe_dump(data)))
+    search_alg, num_samples, param_space = search.build(loaded.space, loaded.spec)
+    tuner = tune.Tuner(
+        _score, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=num_samples),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name=name, verbose=0),
+    )
+    results = list(tuner.fit())
+    assert len(results) == loaded.trials_total  # what `validate` promises
+    for result in results:
+        assert result.error is None, result.error
+        config = result.config
+        optimizer = config["optimizer"]
+        expected = {"name", "lr"} | ({"momentum"} if optimizer["name"] == "sgd_momentum" else set())
+        assert set(optimizer) == expected, config
+        assert 1.0e-3 <= optimizer["lr"] <= 1.0e-1 and 0.8 <= optimizer.get("momentum", 0.8) <= 0.9
+        assert config["model"]["width"] in (8, 9) and isinstance(config["seed"], int)
+    if entry.enumerates_ranges:  # 2 blocks: adam x 2 lrs, sgd_momentum x 2 lrs x 2 momenta; x 2 widths
+        assert len({repr(r.config) for r in results}) == (2 + 4) * 2 == loaded.trials_total
+
+
+def test_a_spec_naming_an_unknown_searcher_is_told_the_registered_ones(tmp_path):
+    text = "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 1}\nsearcher: gird\n"
+    with pytest.raises(SpecError, match=r"searcher = 'gird': unknown searcher \(did you mean 'grid'\?\); valid: random, grid"):
+        load_spec(write_spec(tmp_path, text))

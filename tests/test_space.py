@@ -7,6 +7,7 @@ import pytest
 from ray.tune.search.sample import Domain
 from ray.tune.search.variant_generator import generate_variants
 
+from tricksweep import search
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError
 
@@ -23,7 +24,7 @@ OPTIMIZER = {
 
 
 def sample(raw: dict, n: int, seed: int = 0, grid: bool = False) -> list[dict]:
-    compiled = dsl.to_tune(dsl.parse(raw), grid_searcher=grid)
+    compiled = dsl.to_tune(dsl.parse(raw), enumerate_ranges=grid)
     rng = np.random.RandomState(seed)
     return [config for _ in range(n) for _, config in generate_variants(compiled, random_state=rng)]
 
@@ -73,7 +74,7 @@ def test_grid_searcher_enumerates_choices_blocks_and_int_ranges():
         "model": {"name": "mlp", "depth": {"int": [1, 2]}},
     }
     parsed = dsl.parse(raw)
-    assert dsl.grid_points(parsed, grid_searcher=True) == 6  # (2 adam lrs + 1 sgd) x 2 depths
+    assert dsl.grid_points(parsed, enumerate_ranges=True) == 6  # (2 adam lrs + 1 sgd) x 2 depths
     configs = sample(raw, 1, grid=True)
     assert len(configs) == 6
     assert {(c["optimizer"]["name"], c["optimizer"]["lr"], c["model"]["depth"]) for c in configs} == {
@@ -83,7 +84,7 @@ def test_grid_searcher_enumerates_choices_blocks_and_int_ranges():
 
 def test_grid_searcher_rejects_continuous_ranges_with_the_reason():
     with pytest.raises(SpecError, match=r"space.optimizer\[0\].lr: searcher 'grid' cannot enumerate"):
-        dsl.to_tune(dsl.parse(OPTIMIZER), grid_searcher=True)
+        search.check_space(dsl.parse(OPTIMIZER), "grid")
 
 
 def test_corners_cover_every_option_and_both_ends():

@@ -71,8 +71,8 @@ def test_runs_in_smoke_mode(path: Path, ray_local, smoke_store, tmp_path, monkey
     loaded = runnable_here(load_spec(path), tmp_path, tracking_uri)
     outcome = run_sweep(loaded, smoke_test=True, tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 0
-    assert len(outcome.rows) == 2
-    assert all(r.epochs >= 1 and r.value is not None for r in outcome.rows)
+    assert len(outcome.trials) == 2
+    assert all(r.epochs >= 1 and r.best("val_accuracy", "max")[0] is not None for r in outcome.trials)
     client = MlflowClient(tracking_uri)
     children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
     assert len(children) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tricksweep.tracking import SweepRun
+from tricksweep.tracking import ParentRun
 
 
 # Each side imports everything the store opening needs, says it is ready, then waits for the
@@ -19,13 +19,13 @@ from tricksweep.tracking import SweepRun
 OPEN_SWEEP = """
 import json, pathlib, sys, time
 import mlflow.store.tracking.sqlalchemy_store, mlflow.tracking
-from tricksweep.tracking import SweepRun
+from tricksweep.tracking import ParentRun
 uri, folder = sys.argv[1], pathlib.Path(sys.argv[2])
 (folder / f"ready-{sys.argv[3]}").touch()
 while not (folder / "go").exists():
     time.sleep(0.001)
 try:
-    print(json.dumps(["ok", SweepRun(uri, "shared").experiment_id]))
+    print(json.dumps(["ok", ParentRun(uri, "shared").experiment_id]))
 except Exception as err:
     print(json.dumps(["error", f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"]))
 """
@@ -70,7 +70,7 @@ def test_an_experiment_another_sweep_creates_first_is_joined_not_an_error(tracki
         return lookup(self, name)
 
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lookup_losing_the_race)
-    sweep = SweepRun(tracking_uri, "raced")
+    sweep = ParentRun(tracking_uri, "raced")
     assert sweep.experiment_id == calls[1]
     sweep.start("raced-1", {}, {})
     monkeypatch.undo()

@@ -6,23 +6,24 @@ from __future__ import annotations
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from tricksweep.tracking import PARENT_TAG, TRIAL_TAG, _Writer
+from tricksweep.tracking import PARENT_TAG, TRIAL_TAG
+from tricksweep.writer import EndRun, LogMetrics, SetTags, StartRun, Writer
 
 
 def test_interleaved_trials_land_whole_in_a_few_calls_each(tracking_uri):
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("writer")
     parent = client.create_run(experiment).info.run_id
-    writer = _Writer(tracking_uri, experiment, parent, resumed=False, linger_s=0.3)
+    writer = Writer(tracking_uri, experiment, parent, resumed=False, linger_s=0.3)
     epochs = 12
     for trial in ("a", "b"):
-        writer.submit("start", trial, f"trial-{trial}", {"lr": 0.1, "opt": trial}, {"kind": "child"})
+        writer.submit(StartRun(trial, f"trial-{trial}", {"lr": 0.1, "opt": trial}, {"kind": "child"}))
     for epoch in range(1, epochs + 1):  # two trials' epochs interleaved, as Tune delivers them
         for trial in ("a", "b"):
-            writer.submit("metrics", trial, [Metric("val_accuracy", epoch / 100, 0, epoch), Metric("lr", 0.1, 0, epoch)])
+            writer.submit(LogMetrics(trial, [Metric("val_accuracy", epoch / 100, 0, epoch), Metric("lr", 0.1, 0, epoch)]))
     for trial in ("a", "b"):
-        writer.submit("tags", trial, {"tricksweep.status": "completed"})
-        writer.submit("end", trial, "FINISHED")
+        writer.submit(SetTags(trial, {"tricksweep.status": "completed"}))
+        writer.submit(EndRun(trial, "FINISHED"))
     assert writer.close(timeout=60) == 0
 
     runs = client.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
@@ -43,18 +44,18 @@ def test_a_trial_that_never_reports_still_gets_its_params(tracking_uri):
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("writer")
     parent = client.create_run(experiment).info.run_id
-    writer = _Writer(tracking_uri, experiment, parent, resumed=False, linger_s=0.0)
-    writer.submit("start", "a", "trial-a", {f"p{i}": i for i in range(150)}, {})  # over log_batch's 100 params
-    writer.submit("end", "a", "FAILED")
+    writer = Writer(tracking_uri, experiment, parent, resumed=False, linger_s=0.0)
+    writer.submit(StartRun("a", "trial-a", {f"p{i}": i for i in range(150)}, {}))  # over log_batch's 100 params
+    writer.submit(EndRun("a", "FAILED"))
     assert writer.close(timeout=60) == 0
     [run] = client.search_runs([experiment], filter_string=f"tags.`{TRIAL_TAG}` = 'a'")
     assert len(run.data.params) == 150 and run.info.status == "FAILED"
 
 
 def test_backfill_writes_only_the_epochs_mlflow_missed(tracking_uri):
-    from tricksweep.tracking import SweepRun
+    from tricksweep.tracking import ParentRun
 
-    sweep = SweepRun(tracking_uri, "backfill")
+    sweep = ParentRun(tracking_uri, "backfill")
     parent = sweep.start("sweep", {}, {})
     client = sweep.client
     child = client.create_run(sweep.experiment_id, tags={PARENT_TAG: parent, TRIAL_TAG: "t1"}).info.run_id

@@ -259,7 +259,8 @@ def test_every_weights_file_a_space_names_is_shipped_once_and_localized_off_the_
     import ray
 
     from tricksweep import space as dsl
-    from tricksweep.sources import ShippedFile, localize, shipped_files
+    from tricksweep.sources import shipped_files
+    from tricksweep.trial import ShippedFile, localize
 
     other = tmp_path / "other.pt"
     other.write_bytes(b"not really weights")

@@ -2,19 +2,35 @@
 
     from tricksweep import load_spec, run_sweep
     outcome = run_sweep(load_spec("sweeps/quickstart.yaml"))
+    outcome.best_value, outcome.parent_run_id
+
+Names are imported on first use: ``import tricksweep`` (what every Ray worker does) stays light,
+and only ``run_sweep`` / ``resume_sweep`` bring in Ray.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from tricksweep.errors import SpecError  # noqa: E402
-from tricksweep.spec import LoadedSpec, SweepSpec, load_spec  # noqa: E402
+# Public name -> the module that defines it (imported when the name is first used).
+_PUBLIC = {
+    "SpecError": "tricksweep.errors",
+    "LoadedSpec": "tricksweep.spec",
+    "SweepSpec": "tricksweep.spec",
+    "load_spec": "tricksweep.spec",
+    "Outcome": "tricksweep.runner",
+    "run_sweep": "tricksweep.runner",
+    "resume_sweep": "tricksweep.runner",
+    "build_report": "tricksweep.report",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
 
 
-def run_sweep(*args, **kwargs):
-    """See ``tricksweep.runner.run_sweep`` (imported lazily: it imports Ray)."""
-    from tricksweep.runner import run_sweep as _run
-
-    return _run(*args, **kwargs)
-
-
-__all__ = ["LoadedSpec", "SpecError", "SweepSpec", "__version__", "load_spec", "run_sweep"]
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'tricksweep' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

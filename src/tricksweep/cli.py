@@ -1,8 +1,11 @@
-"""The ``tricksweep`` command.
+"""The ``tricksweep`` command: the top of the engine (nothing imports it).
 
     tricksweep validate sweeps/quickstart.yaml
     tricksweep run sweeps/quickstart.yaml [--smoke]
+    tricksweep resume quickstart
     tricksweep report quickstart [--out DIR]
+    tricksweep submit sweeps/cifar10_tricks.yaml --address http://127.0.0.1:8265
+    tricksweep status|logs|stop JOB --address http://127.0.0.1:8265
     tricksweep ls
     tricksweep ui
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from tricksweep import asha
     from tricksweep import space as dsl
     from tricksweep.spec import load_spec
 
@@ -113,30 +116,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"epoch budget limit: no new trial once {spec.budget.max_total_epochs} epochs are spent")
     budget = f"epoch budget: at most {trials * epochs} epochs ({trials} trials x {epochs})"
     if spec.scheduler.type == "asha":
-        expected = asha_expected_epochs(trials, epochs, spec.scheduler.grace_epochs, spec.scheduler.reduction_factor)
-        budget += f"; with ASHA about {expected:.0f} (rungs at epochs {asha_rungs(epochs, spec.scheduler.grace_epochs, spec.scheduler.reduction_factor)})"
+        grace, factor = spec.scheduler.grace_epochs, spec.scheduler.reduction_factor
+        expected = asha.expected_epochs(trials, epochs, grace, factor)
+        budget += f"; with ASHA about {expected:.0f} (rungs at epochs {asha.rungs(epochs, grace, factor)})"
     print(budget)
     print(f"objective: {spec.mode} {spec.metric}; resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
     return 0
-
-
-def asha_rungs(max_epochs: int, grace: int, factor: float) -> list[int]:
-    """Epochs at which ASHA can stop a trial: Ray's milestones grace * factor**k, reached at the
-    first whole epoch >= each (a milestone at max_epochs stops nothing: the trial is done)."""
-    count = int(math.log(max_epochs / grace) / math.log(factor) + 1)  # Ray's MAX_RUNGS
-    return sorted({e for k in range(count) if (e := math.ceil(grace * factor**k)) < max_epochs})
-
-
-def asha_expected_epochs(trials: int, max_epochs: int, grace: int, factor: float) -> float:
-    """Epochs run if each rung keeps exactly 1/factor of the trials reaching it."""
-    marks = asha_rungs(max_epochs, grace, factor) + [max_epochs]
-    total, alive, previous = 0.0, float(trials), 0
-    for i, mark in enumerate(marks):
-        total += alive * (mark - previous)
-        previous = mark
-        if i < len(marks) - 1:
-            alive = max(alive / factor, 1.0)
-    return total
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -158,13 +143,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _auto_report(console, outcome, top: int) -> None:
     """The report at the end of a run: never fails the run (the sweep is already recorded)."""
-    from mlflow.tracking import MlflowClient
-
     from tricksweep.report import build_report, print_report
+    from tricksweep.tracking import open_client
 
     console.print()
     try:
-        experiment = MlflowClient(outcome.tracking_uri).get_experiment(outcome.experiment_id).name
+        experiment = open_client(outcome.tracking_uri).get_experiment(outcome.experiment_id).name
         report = build_report(outcome.tracking_uri, experiment, Path("reports") / experiment, top=top)
     except Exception as err:  # noqa: BLE001 - report problems must not turn a finished sweep into a failure
         console.print(f"report skipped: {type(err).__name__}: {err} (retry: tricksweep report {outcome.name})", markup=False)
@@ -178,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     console = _console()
     uri = resolve_tracking_uri(args.tracking_uri, None)
-    report = build_report(uri, args.name, args.out or Path("reports") / args.name, plots=not args.no_plots, top=args.top)
+    report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top)
     print_report(report, console, args.top)
     return 0
 
@@ -208,23 +192,26 @@ def _console():
 
 
 def _summary(console, outcome, top: int) -> int:
-    from tricksweep.report import leaderboard_table
+    from tricksweep import leaderboard
 
     console.print()
-    console.print(leaderboard_table(outcome.rows, outcome.metric, top))
+    console.print(leaderboard.table(outcome.leaderboard, outcome.metric, top))
     counts: dict[str, int] = {}
-    for row in outcome.rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
+    for trial in outcome.trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
     summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
     minutes, seconds = divmod(int(outcome.wall_s), 60)
-    best = outcome.best
     console.print(f"done in {minutes}:{seconds:02d}: {summary}", markup=False)
-    if best is not None and best.value is not None:
-        console.print(f"best {outcome.metric}: {best.value:.4f} (trial {best.trial_id}, epoch {best.best_epoch})", markup=False)
-    console.print(f"MLflow: experiment '{outcome.name}', parent run {outcome.parent_run_id} at {outcome.tracking_uri}", markup=False)
-    console.print(f"  open it:  tricksweep ui   (or: mlflow ui --backend-store-uri {outcome.tracking_uri})  then {outcome.ui_url}", markup=False)
+    if outcome.best is not None and outcome.best_value is not None:
+        epoch = outcome.leaderboard[0].best_epoch
+        console.print(f"best {outcome.metric}: {outcome.best_value:.4f} (trial {outcome.best.trial_id}, epoch {epoch})",
+                      markup=False)
+    console.print(f"MLflow: experiment '{outcome.name}', parent run {outcome.parent_run_id} at {outcome.tracking_uri}",
+                  markup=False)
+    console.print(f"  open it:  tricksweep ui   (or: mlflow ui --backend-store-uri {outcome.tracking_uri})  "
+                  f"then {outcome.ui_url}", markup=False)
     console.print(f"Tune results: {outcome.experiment_path}", markup=False)
-    return 1 if outcome.rows and all(r.status == "failed" for r in outcome.rows) else 0
+    return 1 if outcome.failed else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

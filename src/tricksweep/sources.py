@@ -10,7 +10,7 @@ Trainables never import MLflow. A space may name ``init.source`` as
 and ``resolve_sources`` downloads each one into ``~/.cache/tricksweep/sources/`` and rewrites the
 space to that file's absolute path, so trials load a local file. Relative file paths become
 absolute too (trials run with cwd = their trial dir); torchvision weight names stay as they are.
-The files themselves travel to the trials with the trainable (``shipped_files``, ``localize``):
+The files themselves travel to the trials with the trainable (``shipped_files`` here, ``trial.localize``):
 a trial on another node of a cluster reads its node's copy, not the driver's disk.
 
     loaded = resolve_sources(load_spec("sweeps/transfer_digits.yaml"), "sqlite:////abs/mlflow.db")
@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError, did_you_mean
-from tricksweep.spec import LoadedSpec, _check_against_trainable
+from tricksweep.spec import LoadedSpec, check_against_trainable
 from tricksweep.tracking import SWEEP_TAG, open_client
+from tricksweep.trial import ShippedFile, sources_cache
 
 STATE_FILE = "state.pt"
 BEST_DIR = "best_checkpoint"
@@ -45,18 +46,8 @@ def resolve_sources(loaded: LoadedSpec, tracking_uri: str, echo: Callable[[str],
     if not resolver.changed:
         return loaded
     resolved = dataclasses.replace(loaded, space=space, raw_space=resolver.raw(loaded.raw_space))
-    _check_against_trainable(resolved.spec, space)  # the files are here now: the architecture is checked
+    check_against_trainable(resolved.spec, space)  # the files are here now: the architecture is checked
     return resolved
-
-
-@dataclasses.dataclass(frozen=True)
-class ShippedFile:
-    """A weights file read on the driver, to be written out on the nodes whose trials need it."""
-
-    name: str
-    digest: str  # of the content: a node's copy is written once and never goes stale
-    data: Any  # Ray ObjectRef of the bytes: fetched only by a node that has no copy yet
-    node: str  # the driver's node, where trials read the file where it is
 
 
 def shipped_files(space: dsl.Node) -> dict[str, ShippedFile]:
@@ -87,54 +78,6 @@ def shipped_files(space: dsl.Node) -> dict[str, ShippedFile]:
         data = Path(path).read_bytes()
         files[path] = ShippedFile(Path(path).name, hashlib.sha256(data).hexdigest()[:20], ray.put(data), driver)
     return files
-
-
-def localize(config: dict[str, Any], files: dict[str, ShippedFile]) -> dict[str, Any]:
-    """A trial's ``config`` with every shipped ``source`` path replaced by this node's copy of the
-    file (``<cache>/sources/shipped/<digest>/<name>``, written once), except on the driver's node,
-    where the file is read where it is."""
-    if not files:
-        return config
-    import ray
-
-    here = ray.get_runtime_context().get_node_id()
-
-    def walk(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, k) for k, v in value.items()}
-        shipped = files.get(value) if key == "source" and isinstance(value, str) else None
-        if shipped is not None and not (shipped.node == here and os.path.isfile(value)):
-            return str(_local_copy(shipped))
-        return value
-
-    return walk(config)
-
-
-def _local_copy(file: ShippedFile) -> Path:
-    import ray
-
-    dest = cache_root() / "shipped" / file.digest / file.name
-    if dest.is_file():
-        return dest
-    # Trials on one node may start together: each writes a temporary file of its own and the
-    # rename makes one of them the copy, whole.
-    _made(dest.parent)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{file.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(ray.get(file.data))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared by users
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return dest
-
-
-def cache_root() -> Path:
-    from trainables.data import cache_dir
-
-    return cache_dir() / "sources"
 
 
 class _Resolver:
@@ -225,10 +168,10 @@ class _Resolver:
         )
         for run in runs:  # the latest finished run that recorded a best checkpoint
             run_id = run.info.run_id
-            dest = cache_root() / "runs" / run_id
+            dest = sources_cache() / "runs" / run_id
             state = dest / BEST_DIR / STATE_FILE
             if not state.is_file():  # a finished run's artifacts never change: download once
-                tmp = Path(tempfile.mkdtemp(dir=_made(cache_root())))
+                tmp = Path(tempfile.mkdtemp(dir=_made(sources_cache())))
                 try:
                     with _no_progress_bar():
                         client.download_artifacts(run_id, BEST_DIR, str(tmp))
@@ -255,7 +198,7 @@ class _Resolver:
         from mlflow.exceptions import MlflowException
 
         where = f"{path} = {{mlflow: {artifact_uri}}}"
-        dest = cache_root() / "mlflow" / hashlib.sha1(artifact_uri.encode()).hexdigest()[:16]
+        dest = sources_cache() / "mlflow" / hashlib.sha1(artifact_uri.encode()).hexdigest()[:16]
         shutil.rmtree(dest, ignore_errors=True)  # models:/<name>/latest may move: fetch afresh
         open_client(self.uri)  # a store MLflow has to create is created once, under the lock
         try:

@@ -98,38 +98,35 @@ def parse(raw: Any, path: str = "space") -> Node:
     return Uniform(float(low), float(high), log=kind == "loguniform")
 
 
-def to_tune(node: Node, grid_searcher: bool = False, path: str = "space") -> Any:
-    """Compile to Ray Tune's param_space. Ray resolves domains inside a sampled block on its
+def to_tune(node: Node, enumerate_ranges: bool = False, path: str = "space") -> Any:
+    """Compile to Ray Tune's param_space (``enumerate_ranges``: every choice and int range a grid axis). Ray resolves domains inside a sampled block on its
     next pass, which is what makes conditional blocks work with the basic variant generator."""
     from ray import tune
 
     if isinstance(node, dict):
-        return {k: to_tune(v, grid_searcher, f"{path}.{k}") for k, v in node.items()}
+        return {k: to_tune(v, enumerate_ranges, f"{path}.{k}") for k, v in node.items()}
     if isinstance(node, Const):
         return node.value
     if isinstance(node, Choice):
-        options = [to_tune(o, grid_searcher, f"{path}[{i}]") for i, o in enumerate(node.options)]
-        return tune.grid_search(options) if node.grid or grid_searcher else tune.choice(options)
+        options = [to_tune(o, enumerate_ranges, f"{path}[{i}]") for i, o in enumerate(node.options)]
+        return tune.grid_search(options) if node.grid or enumerate_ranges else tune.choice(options)
     if isinstance(node, IntRange):
-        if grid_searcher:
+        if enumerate_ranges:
             return tune.grid_search(list(range(node.low, node.high + 1)))
         return tune.randint(node.low, node.high + 1)  # Ray's upper bound is exclusive
-    if grid_searcher:
-        raise SpecError(
-            f"{path}: searcher 'grid' cannot enumerate a continuous {'loguniform' if node.log else 'uniform'} "
-            f"range [{node.low}, {node.high}]; use {{grid: [...]}} values or searcher: random"
-        )
+    if enumerate_ranges:  # search.check_space rejects such a space before anything compiles it
+        raise ValueError(f"{path}: a continuous range cannot be enumerated")
     return tune.loguniform(node.low, node.high) if node.log else tune.uniform(node.low, node.high)
 
 
-def grid_points(node: Node, grid_searcher: bool = False) -> int:
+def grid_points(node: Node, enumerate_ranges: bool = False) -> int:
     """Trials one sample of the space expands to (1 without grid values)."""
     if isinstance(node, dict):
-        return math.prod(grid_points(v, grid_searcher) for v in node.values())
+        return math.prod(grid_points(v, enumerate_ranges) for v in node.values())
     if isinstance(node, Choice):
-        counts = [grid_points(o, grid_searcher) for o in node.options]
-        return sum(counts) if node.grid or grid_searcher else max(counts)
-    if isinstance(node, IntRange) and grid_searcher:
+        counts = [grid_points(o, enumerate_ranges) for o in node.options]
+        return sum(counts) if node.grid or enumerate_ranges else max(counts)
+    if isinstance(node, IntRange) and enumerate_ranges:
         return node.high - node.low + 1
     return 1
 
@@ -178,15 +175,15 @@ def describe(node: Node, indent: int = 0) -> list[str]:
                 lines.append(f"{pad}  [{i}]")
                 lines += describe(option if isinstance(option, dict) else {"value": option}, indent + 2)
         else:
-            lines.append(f"{pad}{key}: {_leaf(child)}")
+            lines.append(f"{pad}{key}: {leaf_text(child)}")
     return lines
 
 
-def _leaf(node: Node) -> str:
+def leaf_text(node: Node) -> str:
     if isinstance(node, Const):
         return "null" if node.value is None else str(node.value)
     if isinstance(node, Choice):
-        return f"{'grid' if node.grid else 'choice'} [{', '.join(_leaf(o) for o in node.options)}]"
+        return f"{'grid' if node.grid else 'choice'} [{', '.join(leaf_text(o) for o in node.options)}]"
     if isinstance(node, IntRange):
         return f"int [{node.low}, {node.high}] (inclusive)"
     return f"{'loguniform' if node.log else 'uniform'} [{node.low:g}, {node.high:g}]"
@@ -267,33 +264,6 @@ class DefineByRun:
         if isinstance(node, IntRange):
             return trial.suggest_int(path, node.low, node.high) if node.high > node.low else node.low
         return trial.suggest_float(path, node.low, node.high, log=node.log) if node.high > node.low else node.low
-
-
-def check_searcher(node: Node, searcher: str, repeats: int = 1, path: str = "space") -> None:
-    """Reject, with the reason, a space the searcher cannot express (SpecError)."""
-    if searcher == "grid":
-        to_tune(node, grid_searcher=True)  # continuous ranges cannot be enumerated
-        return
-    sampled_by_optuna = searcher == "optuna_tpe" or repeats > 1
-    if not sampled_by_optuna:
-        return
-    why = ("searcher 'optuna_tpe' samples one configuration at a time" if searcher == "optuna_tpe"
-           else f"searcher 'random' with repeats = {repeats} samples each configuration once, then runs it per seed")
-    for where, grid in _grids(node, path):
-        raise SpecError(
-            f"{where}.grid: {why}; it cannot enumerate grid values {grid}; use {{choice: [...]}}, or searcher: grid"
-        )
-
-
-def _grids(node: Node, path: str) -> Iterator[tuple[str, list]]:
-    if isinstance(node, dict):
-        for key, child in node.items():
-            yield from _grids(child, f"{path}.{key}")
-    elif isinstance(node, Choice):
-        if node.grid:
-            yield path, [_leaf(o) if not isinstance(o, dict) else "{...}" for o in node.options]
-        for i, option in enumerate(node.options):
-            yield from _grids(option, f"{path}.{'grid' if node.grid else 'choice'}[{i}]")
 
 
 def param_names(node: Node) -> set[str]:

@@ -1,11 +1,12 @@
-"""Sweep specs: YAML files validated before anything runs.
+"""Sweep specs: YAML files validated before anything runs (no Ray here).
 
-    spec = load_spec("sweeps/quickstart.yaml")   # raises SpecError with a one-line message
-    spec.trials_total, spec.space
+    loaded = load_spec("sweeps/quickstart.yaml")   # raises SpecError with a one-line message
+    loaded.trials_total, loaded.spec.metric
 """
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tricksweep import search
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError, did_you_mean, unknown_name
 
@@ -97,9 +99,7 @@ class SweepSpec(Strict):
     mode: Literal["max", "min"]
     budget: Budget
     scheduler: Asha | NoScheduler = Field(default_factory=Asha, discriminator="type")
-    searcher: Literal["random", "grid", "optuna_tpe"] = Field(
-        "random", description="random (Ray's variant generator), grid, or optuna_tpe (Optuna's TPE via Ray's OptunaSearch)"
-    )
+    searcher: str = Field("random", description="a name in tricksweep.search.SEARCHERS: random, grid, optuna_tpe")
     repeats: int = Field(1, ge=1, description="seeds per sampled configuration; the leaderboard ranks by their mean")
     resources: Resources = Field(default_factory=Resources)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as resources allow")
@@ -111,6 +111,14 @@ class SweepSpec(Strict):
     include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
     space: dict[str, Any] = Field(default_factory=dict)
     claims: list[Claim] = Field(default_factory=list, description="claims `tricksweep report` tests on the finished sweep")
+
+    @field_validator("searcher")
+    @classmethod
+    def _known_searcher(cls, name: str) -> str:
+        if name not in search.SEARCHERS:
+            valid = ", ".join(search.SEARCHERS)
+            raise ValueError(f"unknown searcher{did_you_mean(name, search.SEARCHERS)}; valid: {valid}")
+        return name
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SweepSpec:
@@ -134,11 +142,24 @@ class LoadedSpec:
 
     @property
     def grid_points(self) -> int:
-        return dsl.grid_points(self.space, self.spec.searcher == "grid")
+        return search.grid_points(self.space, self.spec.searcher)
 
     @property
     def trials_total(self) -> int:
         return self.spec.budget.trials * self.grid_points * self.spec.repeats
+
+    def smoke(self) -> LoadedSpec:
+        """2 trials x 2 epochs, to check in seconds that the spec runs end to end (with repeats: 1
+        configuration x 2 seeds); every grid becomes a random choice, so grids stay at 2 trials."""
+        spec = self.spec
+        repeats = min(spec.repeats, 2)
+        budget = {"trials": 2 // repeats, "max_epochs": 2, "time_limit_s": None, "max_total_epochs": None}
+        update: dict[str, Any] = {"budget": spec.budget.model_copy(update=budget), "repeats": repeats}
+        if isinstance(spec.scheduler, Asha):
+            update["scheduler"] = spec.scheduler.model_copy(update={"grace_epochs": 1})
+        if smoke_as := search.entry(spec.searcher).smoke_as:
+            update["searcher"] = smoke_as
+        return dataclasses.replace(self, spec=spec.model_copy(update=update), space=dsl.without_grids(self.space))
 
     def resolved_yaml(self) -> str:
         """The spec as run: fragments inlined, defaults filled in."""
@@ -208,10 +229,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
     raw_space, fragments = _merge_fragments(spec, path)
     parsed = dsl.parse(raw_space)
-    _check_against_trainable(spec, parsed)
+    check_against_trainable(spec, parsed)
     loaded = LoadedSpec(spec, path, parsed, raw_space, fragments)
-    dsl.to_tune(parsed, grid_searcher=spec.searcher == "grid")  # rejects what the searcher cannot express
-    dsl.check_searcher(parsed, spec.searcher, spec.repeats)
+    search.check_space(parsed, spec.searcher, spec.repeats)
     _check_claims(spec, parsed)
     return loaded
 
@@ -260,7 +280,7 @@ def _leaf_paths(raw: dict, prefix: str = "") -> list[str]:
     return paths
 
 
-def _check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
+def check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
     from trainables import TRAINABLES, load
 
     if spec.trainable not in TRAINABLES:

@@ -1,27 +1,29 @@
-"""MLflow recording: one parent run per sweep, one nested child run per trial.
+"""The MLflow write side: one parent run per sweep (``ParentRun``), the names of the tags that
+give the sweep its shape, the tracking URI and the store. No Ray here.
 
-The driver-side Tune callback hands every MLflow call to a background writer thread, so a slow
-or absent tracking server never blocks Tune's loop or a trial: operations queue in order, are
-retried until the server answers, and metric points are sent in batches (``log_batch``).
+Child runs, one per trial, are written by ``writer.Writer`` on its own thread, fed by the Tune
+callback in ``callbacks.py``, so a slow or absent tracking server never blocks a trial.
+
+    parent = ParentRun(resolve_tracking_uri(None, None), "quickstart")
+    parent.start("quickstart-20261201-120000", params, tags)
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Any
-
-from ray import tune
+from typing import TYPE_CHECKING, Any
 
 from tricksweep.errors import SpecError, did_you_mean
 from tricksweep.space import flatten, is_domain
+
+if TYPE_CHECKING:
+    from tricksweep.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def git_sha(where: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-class SweepRun:
+class ParentRun:
     """The parent run of one sweep: created before Tune starts, finished after it returns."""
 
     def __init__(self, uri: str, experiment: str):
@@ -168,7 +170,7 @@ class SweepRun:
         return (db.parent / "mlruns" / self.experiment_name).as_uri() if db else None
 
     @classmethod
-    def latest(cls, uri: str, name: str) -> SweepRun:
+    def latest(cls, uri: str, name: str) -> ParentRun:
         """The most recent parent run of sweep ``name``; SpecError listing the sweeps found if none."""
         client = open_client(uri)
         experiment = client.get_experiment_by_name(name)
@@ -264,7 +266,7 @@ class SweepRun:
 
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        items = [Param(k, param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
         return self.run_id
@@ -275,6 +277,27 @@ class SweepRun:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_metric(self, key: str, value: float) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, int(time.time() * 1000), 0)])
+
+    def log_spec_files(self, loaded: LoadedSpec) -> None:
+        """The resolved spec (fragments inlined, defaults filled in), the spec file and its fragments."""
+        import tempfile
+
+        import yaml
+
+        with tempfile.TemporaryDirectory() as tmp:
+            resolved = Path(tmp, "resolved_spec.yaml")
+            data = yaml.safe_load(loaded.resolved_yaml())
+            data.update(loaded.spec.model_dump(mode="json", exclude={"space", "include"}))
+            resolved.write_text(yaml.safe_dump(data, sort_keys=False))
+            self.log_artifact(resolved, "spec")
+        self.log_artifact(loaded.path, "spec")
+        for path in loaded.fragments.values():
+            self.log_artifact(path, "spec/search_spaces")
+
     def finish(self, status: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
@@ -282,6 +305,43 @@ class SweepRun:
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+
+def start_parent(loaded: LoadedSpec, *, uri: str, run_name: str, storage_path: str, smoke: bool) -> ParentRun:
+    """A new parent run for ``loaded``: the resolved spec as params, what produced it as tags,
+    the spec files as artifacts."""
+    spec = loaded.spec
+    parent = ParentRun(uri, spec.tracking.experiment or spec.name)
+    parent.start(run_name, spec_params(spec.model_dump(mode="json"), loaded.raw_space),
+                 parent_tags(loaded, storage_path=f"{storage_path}/{run_name}", smoke=smoke))
+    parent.log_spec_files(loaded)
+    return parent
+
+
+def parent_tags(loaded: LoadedSpec, *, storage_path: str, smoke: bool) -> dict[str, str]:
+    """Tags saying what produced the sweep: trainable, searcher, scheduler, versions, git commit."""
+    from importlib.metadata import version
+
+    from tricksweep import __version__
+
+    spec = loaded.spec
+    tags = {
+        SWEEP_TAG: "parent",
+        "tricksweep.trainable": spec.trainable,
+        "tricksweep.searcher": spec.searcher,
+        "tricksweep.repeats": str(spec.repeats),
+        "tricksweep.scheduler": spec.scheduler.type,
+        "tricksweep.storage_path": storage_path,
+        "tricksweep.spec_file": str(loaded.path.resolve()),
+        "tricksweep.smoke": str(smoke).lower(),
+        "tricksweep.version": __version__,
+        "tricksweep.versions": ", ".join(f"{name} {version(name)}" for name in ("ray", "torch", "mlflow")),
+    }
+    if sha := git_sha(loaded.path.resolve().parent):
+        tags["mlflow.source.git.commit"] = sha
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description
+    return tags
 
 
 def spec_params(spec_dump: dict, raw_space: dict) -> dict[str, Any]:
@@ -304,362 +364,11 @@ def _space_params(raw: dict, prefix: str) -> dict[str, Any]:
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A param as MLflow stores it: a string, cut to MLflow's limit, with no password in it."""
     # A URI's user:password (e.g. a tracking or storage URI in the spec) never becomes a param.
     text = _USERINFO.sub("***@", "null" if value is None else str(value))
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
-
-
-class _Writer:
-    """Applies MLflow operations in submission order per trial, on its own thread, retrying until
-    they land.
-
-    Few calls per trial: the run is created with its tags; its params ride with its first metrics;
-    queued metrics and tags of one trial share one ``log_batch``; and an op that arrives on an
-    empty queue lingers ``linger_s`` for company, so short epochs cost one call per trial per
-    linger rather than one per epoch (each call is a sqlite transaction or an HTTP request). On
-    the 16 x 10 digits benchmark sweep: 208 calls without lingering, 92 at 0.5 s, 59 at 2 s, and
-    the writer's CPU time 1.46 s, 0.63 s, 0.41 s (on 2 CPUs it is taken from the trials).
-
-    Memory stays bounded: past ``max_points`` queued metric points the oldest points are dropped
-    (and counted) rather than the process growing without end during a long outage.
-    """
-
-    SCAN = 256  # queued ops looked through for one trial's company: bounds the cost of a backlog
-
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, resumed: bool,
-                 max_points: int = 500_000, linger_s: float = 2.0):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.resumed = resumed  # a restored sweep: runs found again are continuations, not retries
-        self.max_points = max_points
-        self.linger_s = linger_s
-        self.run_ids: dict[str, str] = {}
-        self.recorded_until: dict[str, int] = {}  # resumed trials: last epoch already in MLflow
-        self.dropped_points = 0
-        self.written_points = 0
-        self.retries = 0
-        self.calls = 0  # MLflow calls made: what the batching saves
-        self._params: dict[str, list] = {}  # per trial: params not yet written
-        self._start_tried: set[str] = set()  # a start retried after an error may have created its run
-        self._ops: collections.deque[tuple] = collections.deque()
-        self._points = 0
-        self._queued_since = 0.0
-        self._cv = threading.Condition()
-        self._closing = False
-        self._abandoned = False  # close() gave up waiting: drop whatever is still in flight
-        self._in_flight = 0
-        self._thread = threading.Thread(target=self._loop, name="tricksweep-mlflow", daemon=True)
-        self._thread.start()
-
-    def submit(self, *op: Any) -> None:
-        with self._cv:
-            if op[0] == "metrics":
-                self._points += len(op[2])
-                while self._points > self.max_points and self._drop_oldest_metrics():
-                    pass
-            if not self._ops:
-                self._queued_since = time.monotonic()
-            self._ops.append(op)
-            self._cv.notify()
-
-    def _drop_oldest_metrics(self) -> bool:
-        for i, queued in enumerate(self._ops):
-            if queued[0] == "metrics":
-                del self._ops[i]
-                self._points -= len(queued[2])
-                self.dropped_points += len(queued[2])
-                return True
-        return False
-
-    def close(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the queue to drain; returns operations left unwritten."""
-        with self._cv:
-            self._closing = True
-            self._cv.notify()
-        self._thread.join(timeout)
-        with self._cv:
-            self._abandoned = True
-            left = len(self._ops) + self._in_flight
-            self._ops.clear()
-            self._cv.notify()
-        return left
-
-    def _loop(self) -> None:
-        delay = 0.5
-        while True:
-            with self._cv:
-                while not self._ops and not self._closing:
-                    self._cv.wait()
-                # A fresh op waits for company; a backlog (older ops) is written at once.
-                while self._ops and not self._closing and (left := self._queued_since + self.linger_s - time.monotonic()) > 0:
-                    self._cv.wait(left)
-                if not self._ops or self._abandoned:
-                    return
-                batch = self._take()
-                self._in_flight = 1
-            try:
-                self._apply(batch)
-            except Exception as err:  # noqa: BLE001 - any failure: keep the data, retry later
-                if not _is_transient(err):
-                    log.warning("MLflow rejected %s for trial %s: %s", batch[0][0], batch[0][1], err)
-                else:
-                    self.retries += 1
-                    with self._cv:
-                        self._in_flight = 0
-                        if self._abandoned:
-                            return
-                        self._ops.extendleft(reversed(batch))
-                        self._points += sum(len(op[2]) for op in batch if op[0] == "metrics")
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-            with self._cv:
-                self._in_flight = 0
-            delay = 0.5
-
-    def _take(self) -> list[tuple]:
-        """Pop the next op; a metrics or tags op takes along the same trial's later metrics and tags
-        ops (up to its next start or end, which must stay in order), within log_batch's limits."""
-        first = self._ops.popleft()
-        batch = [first]
-        if first[0] == "metrics":
-            self._points -= len(first[2])
-        if first[0] not in ("metrics", "tags"):
-            return batch
-        size = len(first[2])
-        i = 0
-        while i < min(len(self._ops), self.SCAN):
-            op = self._ops[i]
-            if op[1] != first[1]:
-                i += 1
-                continue
-            if op[0] not in ("metrics", "tags") or size + len(op[2]) > 900:
-                break
-            del self._ops[i]
-            if op[0] == "metrics":
-                self._points -= len(op[2])
-            size += len(op[2])
-            batch.append(op)
-        return batch
-
-    def _apply(self, batch: list[tuple]) -> None:
-        kind, trial_id = batch[0][0], batch[0][1]
-        if kind == "start":
-            self._start(*batch[0][1:])
-            return
-        run_id = self.run_ids.get(trial_id)
-        if run_id is None:
-            return  # its start was rejected; nothing to attach to
-        if kind == "end":
-            while self._params.get(trial_id):
-                self._log(run_id, trial_id)
-            self.client.set_terminated(run_id, batch[0][2])
-            self.calls += 1
-            return
-        from mlflow.entities import RunTag
-
-        floor = self.recorded_until.get(trial_id, 0)
-        points = [m for op in batch if op[0] == "metrics" for m in op[2] if m.step > floor]
-        tags = [RunTag(k, str(v)) for op in batch if op[0] == "tags" for k, v in op[2].items()]
-        self._log(run_id, trial_id, points, tags)
-        self.written_points += len(points)
-
-    def _log(self, run_id: str, trial_id: str, metrics: list | None = None, tags: list | None = None) -> None:
-        """One log_batch: these metrics and tags plus up to 100 of the trial's unwritten params."""
-        params = self._params.get(trial_id, [])[:100]
-        if metrics or tags or params:
-            self.client.log_batch(run_id, metrics=metrics or [], params=params, tags=tags or [])
-            self.calls += 1
-        if params:
-            self._params[trial_id] = self._params[trial_id][len(params):]
-
-    def _start(self, trial_id: str, run_name: str, params: dict, tags: dict) -> None:
-        from mlflow.entities import Param
-
-        if trial_id not in self.run_ids:
-            self.run_ids[trial_id] = self._find_or_create(trial_id, run_name, tags)
-        # Written with the first metrics; a trial started again (a retry) logs the same values again.
-        self._params[trial_id] = [Param(k, _param_value(v)) for k, v in params.items()]
-
-    def _find_or_create(self, trial_id: str, run_name: str, tags: dict) -> str:
-        # A restored sweep finds its trials' runs again through the trial-id tag: no duplicates.
-        # So does a start retried after an error, which may have created the run before failing.
-        if self.resumed or trial_id in self._start_tried:
-            existing = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-                max_results=1,
-            )
-            self.calls += 1
-            if existing:
-                run_id = existing[0].info.run_id
-                # Epochs repeated after a restore from an older checkpoint keep their first record.
-                self.recorded_until[trial_id] = max(
-                    (m.step for key in existing[0].data.metrics for m in self.client.get_metric_history(run_id, key)),
-                    default=0,
-                )
-                if self.resumed:
-                    self.client.update_run(run_id, status="RUNNING")
-                    self.client.set_tag(run_id, RESUMED_TAG, "true")
-                    if ERROR_TAG in existing[0].data.tags:  # an errored trial runs again: the error is past
-                        self.client.delete_tag(run_id, ERROR_TAG)
-                return run_id
-        self._start_tried.add(trial_id)
-        run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **tags}
-        )
-        self.calls += 1
-        return run.info.run_id
-
-
-def _is_transient(err: Exception) -> bool:
-    """Connection trouble and server-side errors may pass; MLflow's answers about the request
-    itself (bad value, deleted run, no permission) will not change on retry."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(err, MlflowException):
-        return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
-    return isinstance(err, (OSError, ConnectionError, TimeoutError)) or type(err).__module__.startswith(
-        ("requests", "urllib3", "sqlalchemy")
-    )
-
-
-class MlflowTrials(tune.Callback):
-    """Tune callback: a child run per trial with its active hyperparameters, per-epoch metrics
-    (step = epoch) and a ``tricksweep.status`` tag saying how it ended."""
-
-    def __init__(
-        self,
-        uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        *,
-        max_epochs: int,
-        asha: bool,
-        time_limit_s: float | None,
-        flush_timeout_s: float = 120.0,
-    ):
-        self.uri = uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.max_epochs = max_epochs
-        self.asha = asha
-        self.time_limit_s = time_limit_s
-        self.flush_timeout_s = flush_timeout_s
-        self.statuses: dict[str, str] = {}
-        self.resumed = False  # set by resume_sweep on the callback it restores
-        self.incomplete = False  # close() left ops unwritten or dropped points: backfill from Tune
-        self._writer: _Writer | None = None
-        self._closed = False
-        self._last_epoch: dict[str, int] = {}
-        self._started: set[str] = set()  # trials Tune has started in this sweep, across resumes
-        self._started_at = time.monotonic()
-        self._elapsed_s = 0.0
-
-    # Tune pickles the callback once, with the tuner; the writer thread cannot travel.
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_writer": None}
-
-    # What a restored sweep needs to know comes from Tune's experiment snapshots, taken every few
-    # seconds: get_state is saved with each one and set_state receives the last on restore.
-    def get_state(self) -> dict:
-        return {
-            # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
-            "elapsed_s": time.monotonic() - self._started_at,
-            "statuses": dict(self.statuses),
-            "last_epoch": dict(self._last_epoch),
-            "started": sorted(self._started),
-        }
-
-    def set_state(self, state: dict) -> None:
-        self._elapsed_s = state["elapsed_s"]
-        self.statuses = dict(state["statuses"])
-        self._last_epoch = dict(state["last_epoch"])
-        self._started = set(state["started"])
-
-    @property
-    def started_trials(self) -> set[str]:
-        return set(self._started)
-
-    @property
-    def writer(self) -> _Writer:
-        if self._writer is None:
-            self._writer = _Writer(self.uri, self.experiment_id, self.parent_run_id, self.resumed)
-        return self._writer
-
-    def setup(self, **info: Any) -> None:
-        self._started_at = time.monotonic() - self._elapsed_s
-        _ = self.writer
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        params = flatten(trial.config)
-        tags = {SWEEP_TAG: "child"}
-        if self.resumed and trial.trial_id in self._started:
-            # Started before the driver died: a continuation, even when its run never reached MLflow.
-            tags[RESUMED_TAG] = "true"
-        self._started.add(trial.trial_id)
-        self.writer.submit("start", trial.trial_id, trial_name(trial.trial_id), params, tags)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        if epoch <= self._last_epoch.get(trial.trial_id, 0):
-            return  # an epoch repeated after a restore from an older checkpoint: already recorded
-        self._last_epoch[trial.trial_id] = epoch
-        self.writer.submit("metrics", trial.trial_id, metric_points(result, epoch, int(time.time() * 1000)))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
-        status, tags = end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha, out_of_time=out_of_time)
-        self._finish(trial, status, tags, "FINISHED")
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.writer.submit("tags", trial.trial_id, {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"})
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id not in self._started:
-            # Tune errors some trials that never started: one whose actor failed to start, and
-            # (Ray 2.60) one whose node died while a reused actor was being reset for it, whatever
-            # max_failures says. The trial still gets its child run, to say so.
-            self.on_trial_start(iteration, trials, trial)
-        self._finish(trial, "failed", {ERROR_TAG: error_line(trial)}, "FAILED")
-
-    def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:
-        self.statuses[trial.trial_id] = status
-        self.writer.submit("tags", trial.trial_id, {STATUS_TAG: status, **tags})
-        self.writer.submit("end", trial.trial_id, run_status)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Drain the writer (at most ``flush_timeout_s``); later calls do nothing."""
-        if self._writer is None or self._closed:
-            return
-        self._closed = True
-        left = self._writer.close(self.flush_timeout_s)
-        self.incomplete = bool(left or self._writer.dropped_points)
-        if self.incomplete:
-            log.warning(
-                "MLflow: %d operations not written after %.0f s, %d metric points dropped (queue bound)",
-                left, self.flush_timeout_s, self._writer.dropped_points,
-            )
-
-
-_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*")
-
-
-def error_line(trial: Any) -> str:
-    """The trial's exception as one line (``RuntimeError: ...``): the last line naming an
-    exception, since messages such as pydantic's end with a help link."""
-    path = getattr(trial, "error_file", None)
-    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
-    return (named or lines or ["unknown error"])[-1][:500]
 
 
 def trial_name(trial_id: str) -> str:

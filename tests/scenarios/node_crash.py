@@ -42,7 +42,7 @@ def main(spec_path: str, uri: str, storage: str) -> None:
     result: dict = {}
 
     def record(outcome) -> None:
-        result.update(errors=outcome.errors, trials=len(outcome.rows), statuses=[r.status for r in outcome.rows])
+        result.update(errors=outcome.errors, trials=len(outcome.trials), statuses=[r.status for r in outcome.trials])
         grid = ray.tune.ExperimentAnalysis(outcome.experiment_path)
         # Every epoch each trial reported to Tune, across its retries, in order.
         result["epochs_reported"] = {t: df["epoch"].tolist() for t, df in grid.trial_dataframes.items()}
@@ -52,7 +52,7 @@ def main(spec_path: str, uri: str, storage: str) -> None:
         record(outcome)
         # Ray 2.60 errors a trial, whatever max_failures says, when the node dies while Tune resets
         # a reused actor there for it. Such trials are recorded as failed; `tricksweep resume` runs them.
-        failed = [r.trial_id for r in outcome.rows if r.status == "failed"]
+        failed = [r.trial_id for r in outcome.trials if r.status == "failed"]
         result["first_pass_failed"] = failed
         result["first_pass_failed_in_mlflow"] = sorted(
             r.data.tags.get(STATUS_TAG, "") for r in client.search_runs(

@@ -34,7 +34,7 @@ def main(spec_path: str, storage: str, worker_cache: str) -> None:
     source = Path(loaded.raw_space["init"]["source"])
     data = source.read_bytes()
     weights = torch.load(source, weights_only=True)["model"]
-    tuner = build_tuner(loaded, loaded.spec, storage, "remote-source", [])
+    tuner = build_tuner(loaded, storage, "remote-source", [])
     source.unlink()  # from here on the weights exist only in what the Tuner carries
     grid = tuner.fit()
 

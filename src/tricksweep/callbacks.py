@@ -1,0 +1,209 @@
+"""Tune callbacks on the driver: the MLflow child runs (``MlflowTrials``, through the background
+``Writer``) and the console progress (``Progress``).
+
+    tracker = MlflowTrials(uri, experiment_id, parent_run_id, max_epochs=30, asha=True, time_limit_s=None)
+    tune.RunConfig(callbacks=[tracker, Progress("val_accuracy", "max", tracker.statuses, print)])
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from tricksweep.space import flatten
+from tricksweep.tracking import (
+    ERROR_TAG,
+    RESUMED_TAG,
+    STATUS_TAG,
+    SWEEP_TAG,
+    end_status,
+    metric_points,
+    trial_name,
+)
+from tricksweep.writer import EndRun, LogMetrics, SetTags, StartRun, Writer
+
+log = logging.getLogger(__name__)
+
+
+class MlflowTrials(tune.Callback):
+    """Tune callback: a child run per trial with its active hyperparameters, per-epoch metrics
+    (step = epoch) and a ``tricksweep.status`` tag saying how it ended."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        *,
+        max_epochs: int,
+        asha: bool,
+        time_limit_s: float | None,
+        flush_timeout_s: float = 120.0,
+    ):
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self.asha = asha
+        self.time_limit_s = time_limit_s
+        self.flush_timeout_s = flush_timeout_s
+        self.statuses: dict[str, str] = {}
+        self.resumed = False  # set by resume_sweep on the callback it restores
+        self.incomplete = False  # close() left ops unwritten or dropped points: backfill from Tune
+        self._writer: Writer | None = None
+        self._closed = False
+        self._last_epoch: dict[str, int] = {}
+        self._started: set[str] = set()  # trials Tune has started in this sweep, across resumes
+        self._started_at = time.monotonic()
+        self._elapsed_s = 0.0
+
+    # Tune pickles the callback once, with the tuner; the writer thread cannot travel.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_writer": None}
+
+    # What a restored sweep needs to know comes from Tune's experiment snapshots, taken every few
+    # seconds: get_state is saved with each one and set_state receives the last on restore.
+    def get_state(self) -> dict:
+        return {
+            # Tune's time budget survives a restore; so must our clock for `stopped_by_budget`.
+            "elapsed_s": time.monotonic() - self._started_at,
+            "statuses": dict(self.statuses),
+            "last_epoch": dict(self._last_epoch),
+            "started": sorted(self._started),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self._elapsed_s = state["elapsed_s"]
+        self.statuses = dict(state["statuses"])
+        self._last_epoch = dict(state["last_epoch"])
+        self._started = set(state["started"])
+
+    @property
+    def started_trials(self) -> set[str]:
+        return set(self._started)
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._writer = Writer(self.uri, self.experiment_id, self.parent_run_id, self.resumed)
+        return self._writer
+
+    def setup(self, **info: Any) -> None:
+        self._started_at = time.monotonic() - self._elapsed_s
+        _ = self.writer
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        params = flatten(trial.config)
+        tags = {SWEEP_TAG: "child"}
+        if self.resumed and trial.trial_id in self._started:
+            # Started before the driver died: a continuation, even when its run never reached MLflow.
+            tags[RESUMED_TAG] = "true"
+        self._started.add(trial.trial_id)
+        self.writer.submit(StartRun(trial.trial_id, trial_name(trial.trial_id), params, tags))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        if epoch <= self._last_epoch.get(trial.trial_id, 0):
+            return  # an epoch repeated after a restore from an older checkpoint: already recorded
+        self._last_epoch[trial.trial_id] = epoch
+        self.writer.submit(LogMetrics(trial.trial_id, metric_points(result, epoch, int(time.time() * 1000))))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
+        status, tags = end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha, out_of_time=out_of_time)
+        self._finish(trial, status, tags, "FINISHED")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.writer.submit(SetTags(trial.trial_id, {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id not in self._started:
+            # Tune errors some trials that never started: one whose actor failed to start, and
+            # (Ray 2.60) one whose node died while a reused actor was being reset for it, whatever
+            # max_failures says. The trial still gets its child run, to say so.
+            self.on_trial_start(iteration, trials, trial)
+        self._finish(trial, "failed", {ERROR_TAG: error_line(trial)}, "FAILED")
+
+    def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:
+        self.statuses[trial.trial_id] = status
+        self.writer.submit(SetTags(trial.trial_id, {STATUS_TAG: status, **tags}))
+        self.writer.submit(EndRun(trial.trial_id, run_status))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drain the writer (at most ``flush_timeout_s``); later calls do nothing."""
+        if self._writer is None or self._closed:
+            return
+        self._closed = True
+        left = self._writer.close(self.flush_timeout_s)
+        self.incomplete = bool(left or self._writer.dropped_points)
+        if self.incomplete:
+            log.warning(
+                "MLflow: %d operations not written after %.0f s, %d metric points dropped (queue bound)",
+                left, self.flush_timeout_s, self._writer.dropped_points,
+            )
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*")
+
+
+def error_line(trial: Any) -> str:
+    """The trial's exception as one line (``RuntimeError: ...``): the last line naming an
+    exception, since messages such as pydantic's end with a help link."""
+    path = getattr(trial, "error_file", None)
+    text = Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (named or lines or ["unknown error"])[-1][:500]
+
+
+
+class Progress(tune.Callback):
+    """Live progress on the console: a line per finished trial, a summary every few seconds."""
+
+    def __init__(self, metric: str, mode: str, statuses: dict[str, str], echo: Callable[[str], None], every_s: float = 10.0):
+        self.metric, self.mode, self.statuses, self.echo, self.every_s = metric, mode, statuses, echo, every_s
+        self.best: tuple[float, str, int] | None = None
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "echo": print}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and value == value:
+            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+            if better:
+                self.best = (float(value), trial_name(trial.trial_id), int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        status = self.statuses.get(trial.trial_id, "done").replace("_", " ")
+        value = last.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        self.echo(f"  {trial_name(trial.trial_id)} {status} at epoch {last.get('epoch', 0)}: {self.metric} {shown}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.echo(f"  {trial_name(trial.trial_id)} failed: {error_line(trial)}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        counts: dict[str, int] = {}
+        for t in trials:
+            state = self.statuses.get(t.trial_id) or t.status.lower()
+            counts[state] = counts.get(state, 0) + 1
+        parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
+        best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]}, epoch {self.best[2]})" if self.best else ""
+        elapsed = int(now - self._started)
+        self.echo(f"[{elapsed // 60}:{elapsed % 60:02d}] {len(trials)} trials: {parts}{best}")
