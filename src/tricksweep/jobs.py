@@ -1,7 +1,8 @@
-"""Sweeps as Ray Jobs on a cluster: submit, status, logs, stop.
+"""Sweeps as Ray Jobs on a cluster: submit, info (status), logs, follow, stop.
 
-    job_id = submit("sweeps/cifar10_tricks.yaml", "http://127.0.0.1:8265")   # via `ray dashboard cluster.yaml`
-    status(job_id, address)
+    address = "http://127.0.0.1:8265"   # the head's dashboard, via `ray dashboard cluster.yaml`
+    job_id = submit("sweeps/cifar10_tricks.yaml", address)
+    info(job_id, address).status, logs(job_id, address)
 
 The job ships the project (the sweep file, search_spaces/, trainables/, src/; .gitignore is
 respected) as its working directory and runs ``tricksweep run SPEC --address auto`` on the head.
