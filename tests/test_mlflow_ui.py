@@ -150,3 +150,20 @@ def _parent_run_name(outcome) -> str:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id).info.run_name
+
+
+def test_the_report_page_fits_a_laptop_screen(server):
+    """report.html at 1366 x 768 scrolls down, never sideways, whatever the number of swept tricks."""
+    _, _, report, sync_playwright = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 768})
+            page.goto((report.out / "report.html").as_uri())
+            page.get_by_role("heading", name="Leaderboard", exact=False).wait_for()
+            page.screenshot(path=str(SHOTS / "report_laptop.png"), full_page=True)
+            widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+            assert widths[0] <= widths[1], f"the page is {widths[0]} px wide in a {widths[1]} px window"
+            assert "±" in page.inner_text("table")  # this sweep has repeats: mean ± sd
+        finally:
+            browser.close()

@@ -148,3 +148,11 @@ def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, capsys):
     assert "top 2 of 2 trials" in out  # no repeats: one trial per configuration
     assert "effects not estimable: 2 finished trials (need at least 5)" in out
     assert "too few configurations" in out  # the claims say why they are inconclusive
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "&plusmn;" not in html and "±" not in out  # ± sd only where a configuration has repeats
+
+
+def test_the_page_shows_mean_and_sd_for_configurations_with_repeats(recorded):
+    _, _, _, out = recorded
+    leaderboard_html = (out / "report.html").read_text().split("<h2>Leaderboard")[1].split("</table>")[0]
+    assert leaderboard_html.count("&plusmn;") >= 2 and "<th>repeats</th>" in leaderboard_html

@@ -82,7 +82,8 @@ def _write_tables(out: Path, board: list[ConfigRow], found: list[Effect], ranks:
     if claims:
         with (out / "claims.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["claim", "measure", "effect", "ci_low", "ci_high", "n_treatment", "n_control", "verdict", "note"])
+            writer.writerow(["claim", "measure", "effect", "ci_low", "ci_high", "n_treatment", "n_control", "verdict",
+                             "note"])
             for c in claims:
                 writer.writerow([c.claim, c.measure, c.effect, *(c.ci or ("", "")), *c.n, c.verdict, c.note])
 
@@ -121,7 +122,7 @@ _STYLE = (
     "table{border-collapse:collapse;font-size:13px;margin:1em 0;width:100%;table-layout:fixed}"
     "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;overflow-wrap:anywhere}"
     "th{background:#f3f3f3}.sup{color:#080}.not{color:#b00}.inc{color:#777}img{max-width:100%}"
-    "col.n{width:3em}col.v{width:11em}col.s{width:9em}col.e{width:6em}"
+    "col.n{width:3em}col.v{width:11em}col.s{width:11em}col.e{width:6em}"
 )
 
 
@@ -150,12 +151,14 @@ def render_html(report: SweepReport, top: int = 10) -> str:
     ]
     for i, row in enumerate(board[:top], 1):
         who = str(len(row.trials)) if repeats else esc(row.best_trial.name)
-        parts.append(f"<tr><td>{i}</td><td>{leaderboard.value_text(row, '&plusmn;')}</td><td>{who}</td><td>{row.epochs}</td>"
+        parts.append(f"<tr><td>{i}</td><td>{leaderboard.value_text(row, '&plusmn;')}</td><td>{who}</td>"
+                     f"<td>{row.epochs}</td>"
                      f"<td>{esc(row.statuses)}</td><td>{esc(leaderboard.settings_text(row, keys))}</td></tr>")
     parts.append("</table>")
     if report.claims:
         parts.append("<h2>Claims</h2><table><colgroup><col><col class='s'><col class='v'><col class='e'><col class='s'>"
-                     "</colgroup><tr><th>claim</th><th>measure</th><th>effect [95% CI]</th><th>n</th><th>verdict</th></tr>")
+                     "</colgroup><tr><th>claim</th><th>measure</th><th>effect [95% CI]</th><th>n</th>"
+                     "<th>verdict</th></tr>")
         for c in report.claims:
             cls = {"supported": "sup", "not supported": "not"}.get(c.verdict, "inc")
             parts.append(f"<tr><td>{esc(c.claim)}</td><td>{esc(c.measure)}</td><td>{esc(c.measured())}</td>"
@@ -163,17 +166,20 @@ def render_html(report: SweepReport, top: int = 10) -> str:
         parts.append("</table>")
     parts.append(f"<h2>Per-trick effects</h2><p>{esc(report.effects_note)}</p>")
     if report.effects:
-        parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in effect_lines(report.effects, sweep.metric)) + "</ul>")
+        parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in effect_lines(report.effects, sweep.metric))
+                     + "</ul>")
         parts.append("<table><colgroup><col class='s'><col class='s'><col class='e'><col class='v'><col></colgroup>"
                      f"<tr><th>trick</th><th>option</th><th>configs</th><th>mean{unit} [95% CI]</th>"
                      "<th>verdict vs the others</th></tr>")
         for e in report.effects:
             parts.append(f"<tr><td>{esc(e.trick)}</td><td>{esc(e.option)}</td><td>{e.n}</td>"
-                         f"<td>{e.mean * scale:.2f} [{e.ci[0] * scale:.2f}, {e.ci[1] * scale:.2f}]</td><td>{esc(e.verdict)}</td></tr>")
+                         f"<td>{e.mean * scale:.2f} [{e.ci[0] * scale:.2f}, {e.ci[1] * scale:.2f}]</td>"
+                         f"<td>{esc(e.verdict)}</td></tr>")
         parts.append("</table>")
     if report.importance:
         parts.append("<h2>Importance (fANOVA)</h2><table><tr><th>parameter</th><th>share of variance</th></tr>"
-                     + "".join(f"<tr><td>{esc(k)}</td><td>{v:.3f}</td></tr>" for k, v in report.importance.items()) + "</table>")
+                     + "".join(f"<tr><td>{esc(k)}</td><td>{v:.3f}</td></tr>" for k, v in report.importance.items())
+                     + "</table>")
     if report.plots or report.plot_errors:
         parts.append("<h2>Plots</h2>")
     for key, path in report.plots.items():
@@ -194,14 +200,16 @@ def print_report(report: SweepReport, console: Any, top: int = 10) -> None:
     for line in effect_lines(report.effects, sweep.metric):
         console.print(f"  {line}", markup=False)
     if report.importance:
-        console.print("importance (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in list(report.importance.items())[:8]),
+        console.print("importance (fANOVA): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in list(report.importance.items())[:8]),
                       markup=False)
     if report.claims:
         claims = Table(title="claims", title_justify="left")
         for col in ("claim", "measured effect [95% CI]", "configs", "verdict"):
             claims.add_column(col)
         for c in report.claims:
-            claims.add_row(c.claim, c.measured(), f"{c.n[0]} vs {c.n[1]}", c.verdict + (f" ({c.note})" if c.note else ""))
+            claims.add_row(c.claim, c.measured(), f"{c.n[0]} vs {c.n[1]}",
+                           c.verdict + (f" ({c.note})" if c.note else ""))
         console.print(claims)
     for key, why in report.plot_errors.items():
         console.print(f"plot {key} skipped: {why}", markup=False)
