@@ -30,8 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -142,7 +143,8 @@ def airbench_rate(raw: dict, split, device: str) -> float:
     return len(split.y_train) * cfg.epochs / (time.perf_counter() - started)
 
 
-def packed_trial(config: dict[str, Any], fixed: dict[str, Any], sizes: dict[str, int], device: str, barrier: str) -> None:
+def packed_trial(config: dict[str, Any], fixed: dict[str, Any], sizes: dict[str, int], device: str,
+                 barrier: str) -> None:
     """A Tune function trainable: synthetic CIFAR-shaped data in this worker, a wait until every
     packed trial is ready (so worker start-up staggers nothing), then the classifier, each epoch
     reported with the wall-clock time it ended at."""
@@ -194,7 +196,8 @@ def packing(trials: int, gpu_share: float, raw: dict, sizes: dict[str, int], dev
 
     resources = {"cpu": 1, "gpu": gpu_share} if device == "cuda" else {"cpu": 0.5}
     barrier = tempfile.mkdtemp(prefix="barrier-", dir=storage)
-    fn = tune.with_parameters(packed_trial, fixed={**raw, "data": PLACEHOLDER_DATA}, sizes=sizes, device=device, barrier=barrier)
+    fn = tune.with_parameters(packed_trial, fixed={**raw, "data": PLACEHOLDER_DATA}, sizes=sizes, device=device,
+                              barrier=barrier)
     tuner = tune.Tuner(
         tune.with_resources(fn, resources),
         param_space={"seed": tune.grid_search(list(range(trials))), "trials": trials},
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--no-pack", action="store_true", help="skip G2 (it starts a local Ray)")
     parser.add_argument("--no-g1", action="store_true", help="skip G1 (trainable vs airbench-style loop)")
-    parser.add_argument("--mps", action="store_true", help="G2 again with NVIDIA's MPS daemon running (needs nvidia-cuda-mps-control)")
+    parser.add_argument("--mps", action="store_true",
+                        help="G2 again with NVIDIA's MPS daemon running (needs nvidia-cuda-mps-control)")
     args = parser.parse_args(argv)
 
     import torch
@@ -326,7 +330,8 @@ def print_table(rows: list[dict], notes: list[str]) -> None:
     print("|---|---|---:|---:|---|---|")
     for r in rows:
         result = {True: "PASS", False: "FAIL", None: "-"}[r["passed"]]
-        print(f"| {r['id']} | {r['system']} | {r['value']:.0f} {r['unit']} | {r['ratio']:.2f} | {r['goal']} | {result} |")
+        print(f"| {r['id']} | {r['system']} | {r['value']:.0f} {r['unit']} | {r['ratio']:.2f} | {r['goal']} "
+              f"| {result} |")
     for r in rows:
         if r.get("note"):
             notes.append(f"{r['id']} {r['system']}: {r['note']}")

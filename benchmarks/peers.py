@@ -186,7 +186,8 @@ def suggest(trial: Any, node: Any, path: str = "") -> Any:
         return trial.suggest_float(path, node.low, node.high, log=node.log)
     assert isinstance(node, Choice)
     options = node.options
-    plain = all(isinstance(o, Const) and (o.value is None or isinstance(o.value, (bool, int, float, str))) for o in options)
+    plain = all(isinstance(o, Const) and (o.value is None or isinstance(o.value, (bool, int, float, str)))
+                for o in options)
     if plain:
         return trial.suggest_categorical(path, [o.value for o in options])
     labels = [_label(o, i) for i, o in enumerate(options)]

@@ -30,9 +30,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -370,7 +371,8 @@ class CpuSampler(_Sampler):
         return "trial workers" if worker else "Ray daemons"
 
     def by_process(self) -> list[tuple[int, str, float]]:
-        return sorted(((pid, group, round(cpu - self._start.get(pid, 0.0), 2)) for pid, (group, cpu) in self._last.items()),
+        return sorted(((pid, group, round(cpu - self._start.get(pid, 0.0), 2))
+                       for pid, (group, cpu) in self._last.items()),
                       key=lambda row: -row[2])
 
     def by_group(self) -> dict[str, float]:
@@ -490,7 +492,8 @@ def section_p1_p3(bench: Bench) -> None:
               note="ours wall / (ideal + cold start): what orchestration adds beyond process start-up")
     bare_cpu = ideal * SLOTS  # one thread, in one process: its wall time is its CPU time
     spent = cpu.by_group()
-    cpu_m = f"CPU seconds of one ours run ({cpu_wall:.1f} s wall, {cpu_wall * SLOTS:.1f} CPU-s on {SLOTS} CPUs) / bare loop Σ"
+    cpu_m = (f"CPU seconds of one ours run ({cpu_wall:.1f} s wall, {cpu_wall * SLOTS:.1f} CPU-s on {SLOTS} CPUs) "
+             "/ bare loop Σ")
     bench.add("P1-cpu", cpu_m, "bare loop Σ (the ideal's work)", bare_cpu, "CPU-s", ratio=1.0)
     notes = {
         "trial workers": f"{(spent['trial workers'] - bare_cpu) / SLOTS:.1f} CPU-s per slot beyond the bare loop: "
@@ -501,8 +504,9 @@ def section_p1_p3(bench: Bench) -> None:
     for group, value in spent.items():
         bench.add("P1-cpu", cpu_m, group, value, "CPU-s", ratio=value / bare_cpu, goal="info", note=notes[group])
     used = sum(spent.values())
-    bench.notes.append(f"P1 CPU: one ours run used {used:.1f} of the {cpu_wall * SLOTS:.1f} CPU-s its wall time offered: "
-                       f"work / bare-loop work = {used / bare_cpu:.2f}, the wall / ideal these CPUs allow for it")
+    bench.notes.append(f"P1 CPU: one ours run used {used:.1f} of the {cpu_wall * SLOTS:.1f} CPU-s its wall time "
+                       f"offered: work / bare-loop work = {used / bare_cpu:.2f}, the wall / ideal these CPUs allow "
+                       "for it")
     bench.details["p1_cpu_s"] = {**spent, "wall_s": cpu_wall, "bare_sum_s": bare_cpu, "processes": cpu.by_process()}
     per_trial = (best["ours"] - ideal - cold) * SLOTS / n
     bench.notes.append(f"P1: beyond one cold start per slot, ours spends {per_trial:.2f} s per trial per slot over "
@@ -524,7 +528,7 @@ def section_p1_p3(bench: Bench) -> None:
         bench.add("P1-lever", lever_m, system, best[key], "s", ratio=best[key] / best["ours"], goal="info",
                   note=note + f"; wall / ideal {best[key] / ideal:.2f}")
 
-    m3 = f"sweep wall with tracking / tracking off (P1 workload)"
+    m3 = "sweep wall with tracking / tracking off (P1 workload)"
     off = best["off"]
     bench.add("P3", m3, "tracking off (engine, no callbacks)", off, "s", ratio=1.0,
               note="runner.build_tuner with no callbacks: run_sweep has no off switch")
@@ -582,7 +586,8 @@ def section_p2(bench: Bench) -> None:
         bench.add("P2", m, system, best[key], "img/s", ratio=best[key] / best["trainable"], goal="info",
                   note=f"augmentation costs {(best['trainable'] / best[key] - 1) * 100:.0f} % of epoch time")
     bench.add("P2", m, "2 torch threads", best["threads2"], "img/s", ratio=best["threads2"] / best["trainable"],
-              goal="info", note="vs 1 thread; a sweep runs 1 thread per slot (2 threads collapse when other work shares the CPUs)")
+              goal="info",
+              note="vs 1 thread; a sweep runs 1 thread per slot (2 threads collapse when other work shares the CPUs)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,7 +646,8 @@ def section_p4(bench: Bench) -> None:
     full_epochs = sum(r.epochs for r in full.trials)
     best_asha, best_full = asha.best_value, full.best_value
     gap = (best_full - best_asha) * 100
-    m = f"ASHA (grace {z.p4_grace}, eta 3) on {z.p4_trials} trials x {z.p4_epochs} epochs vs no stopping, same configs+seeds"
+    m = (f"ASHA (grace {z.p4_grace}, eta 3) on {z.p4_trials} trials x {z.p4_epochs} epochs vs no stopping, "
+         "same configs+seeds")
     r = asha_epochs / full_epochs
     bench.add("P4", m, "epochs used / no stopping", asha_epochs, "epochs", ratio=r, goal="<= 0.4", passed=r <= 0.4,
               note=f"no stopping: {full_epochs} epochs")
@@ -691,29 +697,33 @@ def section_p5(bench: Bench) -> None:
             spec = write_spec(bench, f"p5-{searcher}-s{seed}", raw, trials=z.p5_trials, max_epochs=z.p5_epochs,
                               seed=seed, scheduler=asha, searcher="optuna_tpe" if searcher == "tpe" else "random")
             wall, outcome = run_ours(bench, spec)
-            runs[searcher].append({"best": outcome.best_value, "wall_s": wall, "epochs": sum(r.epochs for r in outcome.trials)})
+            runs[searcher].append({"best": outcome.best_value, "wall_s": wall,
+                                   "epochs": sum(r.epochs for r in outcome.trials)})
         peer = optuna_study(parsed, fixed, trials=z.p5_trials, grace=z.p5_grace, reduction_factor=3, seed=seed)
         runs["optuna"].append(peer)
         say(f"  P5 seed {seed}: " + ", ".join(
-            f"{k} {runs[k][-1]['best']:.4f} in {runs[k][-1]['wall_s']:.1f} s ({runs[k][-1]['epochs']} ep)" for k in runs))
+            f"{k} {runs[k][-1]['best']:.4f} in {runs[k][-1]['wall_s']:.1f} s ({runs[k][-1]['epochs']} ep)"
+            for k in runs))
     bench.details["p5"] = runs
 
     def med(key: str, field: str) -> float:
         return statistics.median(r[field] for r in runs[key])
 
-    m = f"vs Optuna TPE + successive halving, {z.p5_trials} trials x {z.p5_epochs} epochs, {z.p5_seeds} seeds, 2 workers"
+    m = (f"vs Optuna TPE + successive halving, {z.p5_trials} trials x {z.p5_epochs} epochs, {z.p5_seeds} seeds, "
+         "2 workers")
     ob, ow = med("optuna", "best"), med("optuna", "wall_s")
     tb, tw = med("tpe", "best"), med("tpe", "wall_s")
     rb, rw = med("random", "best"), med("random", "wall_s")
     bench.add("P5", m, "ours (optuna_tpe + ASHA): median best accuracy", tb, "acc", ratio=tb / ob, goal=">= optuna",
               passed=tb >= ob, note=f"median epochs {med('tpe', 'epochs'):g}")
-    bench.add("P5", m, "ours (optuna_tpe + ASHA): median wall", tw, "s", ratio=tw / ow, goal="<= 1.1", passed=tw / ow <= 1.1,
-              note="includes MLflow tracking, Ray actors' start and sweep setup")
+    bench.add("P5", m, "ours (optuna_tpe + ASHA): median wall", tw, "s", ratio=tw / ow, goal="<= 1.1",
+              passed=tw / ow <= 1.1, note="includes MLflow tracking, Ray actors' start and sweep setup")
     bench.add("P5", m, "ours (random + ASHA): median best accuracy", rb, "acc", ratio=rb / ob, goal="info",
               note=f"median epochs {med('random', 'epochs'):g}; median wall {rw:.1f} s ({rw / ow:.2f}x)")
     bench.add("P5", m, "optuna: median best accuracy", ob, "acc", ratio=1.0, goal="peer",
               note=f"median epochs {med('optuna', 'epochs'):g}")
-    bench.add("P5", m, "optuna: median wall", ow, "s", ratio=1.0, goal="peer", note="in-memory, n_jobs=2 threads, no tracking")
+    bench.add("P5", m, "optuna: median wall", ow, "s", ratio=1.0, goal="peer",
+              note="in-memory, n_jobs=2 threads, no tracking")
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,8 +786,9 @@ def machine() -> dict[str, Any]:
     import ray
     import torch
 
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    model = (next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name")), platform.processor())
+             if Path("/proc/cpuinfo").exists() else platform.processor())
     try:
         import optuna
 
@@ -785,7 +796,8 @@ def machine() -> dict[str, Any]:
     except ImportError:
         optuna_version = None
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
     except OSError:
         sha = ""
     mem = next((int(ln.split()[1]) // 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
@@ -818,7 +830,8 @@ def table(rows: list[Row]) -> str:
             measure = r.measure
             lines.append(f"| **{r.id}** | **{r.measure}** | | | | | |")
         result = {True: "PASS", False: "FAIL", None: ""}[r.passed]
-        lines.append(f"| {r.id} | {r.system} | {fmt(r.value, r.unit)} {r.unit} | {fmt(r.ratio)} | {r.goal} | {result} | {r.note} |")
+        lines.append(f"| {r.id} | {r.system} | {fmt(r.value, r.unit)} {r.unit} | {fmt(r.ratio)} | {r.goal} "
+                     f"| {result} | {r.note} |")
     return "\n".join(lines)
 
 

@@ -35,7 +35,9 @@ class Config(Strict):
     data: Dataset = Digits()
     model: Model = CNN()
     batch_norm: bool = Field(False, description="batch normalization after every conv / hidden layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="drop probability before the head (CNN) or after each hidden layer (MLP)")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="drop probability before the head (CNN) or after each hidden layer (MLP)"
+    )
     init: Init = He()
     optimizer: Optimizer = Adam()
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over the epochs")
@@ -47,13 +49,20 @@ class Config(Strict):
     seed: int = Field(0, description="seeds init, shuffling, dropout and augmentation")
     device: str = Field("cpu", description="torch device; the engine sets the one Ray assigned")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="autocast dtype of forward and loss: auto = bf16 on CUDA, fp32 elsewhere (fp16 adds a grad scaler)"
+        "auto",
+        description="autocast dtype of forward and loss: auto = bf16 on CUDA, fp32 elsewhere (fp16 adds a grad scaler)",
     )
-    channels_last: bool | None = Field(None, description="NHWC memory layout for the model and batches (null = on CUDA only)")
-    compile: bool = Field(False, description="torch.compile the model; pays off on long GPU trials (the first epoch compiles)")
+    channels_last: bool | None = Field(
+        None, description="NHWC memory layout for the model and batches (null = on CUDA only)"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model; pays off on long GPU trials (the first epoch compiles)"
+    )
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints (the last epoch always saves)")
     diverge_factor: float = Field(
-        1e3, gt=1, description="a batch loss above this multiple of the trial's first batch loss (or NaN/inf) ends it as diverged"
+        1e3,
+        gt=1,
+        description="a batch loss above this multiple of the trial's first batch loss (or NaN/inf) ends it as diverged",
     )
 
     _pretrained_only = field_validator("init", mode="before")(pretrained_only)
@@ -82,7 +91,11 @@ def train(cfg: Config, report) -> None:
     dtype = _autocast_dtype(cfg.precision, device)
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    layout = torch.channels_last if (cfg.channels_last is None and device.type == "cuda") or cfg.channels_last else torch.contiguous_format
+    layout = (
+        torch.channels_last
+        if (cfg.channels_last is None and device.type == "cuda") or cfg.channels_last
+        else torch.contiguous_format
+    )
 
     split = data.load(cfg.data)
     y_train = split.y_train.to(device, non_blocking=True)
@@ -151,7 +164,11 @@ def train(cfg: Config, report) -> None:
         diverged = False
         for step, i in enumerate(range(0, n, cfg.batch_size)):
             idx = order[i : i + cfg.batch_size]
-            xb = prepare(augment.apply(x_train[idx].float().div_(255), cfg.augment, gen)) if cfg.augment.active else x_train[idx]
+            xb = (
+                prepare(augment.apply(x_train[idx].float().div_(255), cfg.augment, gen))
+                if cfg.augment.active
+                else x_train[idx]
+            )
             with autocast:
                 logits = forward(xb)
                 loss = F.cross_entropy(logits, y_train[idx])

@@ -56,7 +56,9 @@ class _Split(Strict):
         None, ge=1, description="images per class trained on (null = all); for small/medium/large-data studies"
     )
     classes: tuple[int, ...] | None = Field(
-        None, min_length=2, description="class subset, relabelled 0..k-1 in this order, e.g. [5, 6, 7, 8, 9] (null = all)"
+        None,
+        min_length=2,
+        description="class subset, relabelled 0..k-1 in this order, e.g. [5, 6, 7, 8, 9] (null = all)",
     )
     split_seed: int = Field(0, description="seed of the train/validation split (fixed across trials)")
 
@@ -77,7 +79,11 @@ class _Split(Strict):
             bad = [c for c in classes if c < 0 or (cls.CLASSES is not None and c >= cls.CLASSES)]
             if bad:
                 name = cls.model_fields["name"].default
-                raise ValueError(f"{bad[0]} is not a class of {name}; classes are 0..{(cls.CLASSES or 0) - 1}" if cls.CLASSES else f"{bad[0]} is negative; classes are numbered from 0")
+                raise ValueError(
+                    f"{bad[0]} is not a class of {name}; classes are 0..{(cls.CLASSES or 0) - 1}"
+                    if cls.CLASSES
+                    else f"{bad[0]} is negative; classes are numbered from 0"
+                )
         return classes
 
     @property
@@ -235,7 +241,9 @@ class _Idx(_Files):
         return self._cls().mirrors[0]
 
     def missing(self) -> list[str]:
-        return [f for f in self.needed() if not (self.folder() / f).is_file() and not (self.folder() / f"{f}.gz").is_file()]
+        return [
+            f for f in self.needed() if not (self.folder() / f).is_file() and not (self.folder() / f"{f}.gz").is_file()
+        ]
 
     def prepare(self) -> None:
         # torchvision reads only the unpacked files; a user who copied the .gz files gets them unpacked.
@@ -324,7 +332,10 @@ def _cifar10_class():
         # anything else, a test's tiny files included); here presence is enough. Downloading
         # still verifies the archive's md5.
         def _check_integrity(self) -> bool:
-            return all(check_integrity(os.path.join(self.root, self.base_folder, f)) for f, _ in self.train_list + self.test_list)
+            return all(
+                check_integrity(os.path.join(self.root, self.base_folder, f))
+                for f, _ in self.train_list + self.test_list
+            )
 
         def _load_meta(self) -> None:
             meta = dict(self.meta, md5=None)

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -106,10 +106,12 @@ class FromSweep(Strict):
 
 
 class FromMlflow(Strict):
-    mlflow: str = Field(pattern=r"^(runs|models):/", description="runs:/<run_id>/<path to state.pt> or models:/<name>/<version>")
+    mlflow: str = Field(
+        pattern=r"^(runs|models):/", description="runs:/<run_id>/<path to state.pt> or models:/<name>/<version>"
+    )
 
 
-Freeze = Union[Literal["none", "all_but_head", "all_but_last_block"], Annotated[int, Field(ge=0, strict=True)]]
+Freeze = Literal["none", "all_but_head", "all_but_last_block"] | Annotated[int, Field(ge=0, strict=True)]
 
 
 class Pretrained(_Init):
@@ -124,7 +126,7 @@ class Pretrained(_Init):
     """
 
     name: Literal["pretrained"] = "pretrained"
-    source: Union[str, FromSweep, FromMlflow] = Field(description="where the weights come from (see above)")
+    source: str | FromSweep | FromMlflow = Field(description="where the weights come from (see above)")
     freeze: Freeze = Field(
         "none",
         description="none | all_but_head | all_but_last_block | N: the first N blocks (model.blocks) stay fixed",
@@ -173,7 +175,8 @@ class Pretrained(_Init):
         if problems:
             options = ", ".join(f"{k}={v}" for k, v in model.model_dump().items() if k != "name")
             raise ValueError(
-                f"source {self.describe_source()} does not fit model '{model.name}' ({options}, batch_norm={batch_norm}) "
+                f"source {self.describe_source()} does not fit model '{model.name}' "
+                f"({options}, batch_norm={batch_norm}) "
                 f"on {tuple(data.input_shape)} inputs: {problems[0]}"
                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                 + f"; {source_description(self.source)}"
@@ -188,7 +191,9 @@ class Pretrained(_Init):
         state = load_state(self.source)
         own = model.state_dict()
         head = head_keys(model)
-        problems = mismatches({k: tuple(v.shape) for k, v in state.items()}, {k: tuple(v.shape) for k, v in own.items()}, head)
+        problems = mismatches(
+            {k: tuple(v.shape) for k, v in state.items()}, {k: tuple(v.shape) for k, v in own.items()}, head
+        )
         if problems:
             raise ValueError(f"source {self.describe_source()} does not fit {type(model).__name__}: {problems[0]}")
         keep_head = not self.reset_head and all(k in state and state[k].shape == own[k].shape for k in head)
@@ -241,7 +246,9 @@ def mismatches(source: dict[str, tuple], own: dict[str, tuple], head: set[str]) 
     return problems
 
 
-def model_shapes(model: Any, in_shape, classes: int, batch_norm: bool, dropout: float) -> tuple[dict[str, tuple], set[str]]:
+def model_shapes(
+    model: Any, in_shape, classes: int, batch_norm: bool, dropout: float
+) -> tuple[dict[str, tuple], set[str]]:
     import torch
 
     with torch.device("meta"):  # shapes only: no memory, no init cost
@@ -276,7 +283,10 @@ def _file_shapes(path: str, mtime_ns: int, size: int) -> dict[str, tuple]:
 def source_description(source: Any) -> str:
     """What the source was built as, for error messages."""
     if isinstance(source, str) and (match := TORCHVISION_WEIGHTS.match(source)):
-        return f"the source is torchvision's {match['arch']} (ImageNet weights need model {{name: {match['arch']}, stem: imagenet}}, batch_norm: true and 3-channel images)"
+        return (
+            f"the source is torchvision's {match['arch']} (ImageNet weights need model "
+            f"{{name: {match['arch']}, stem: imagenet}}, batch_norm: true and 3-channel images)"
+        )
     config = Path(str(source)).with_name("best_config.yaml")
     if config.is_file():
         import yaml
@@ -285,7 +295,10 @@ def source_description(source: Any) -> str:
         model = cfg.get("model", {})
         shown = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name") if isinstance(model, dict) else ""
         name = model.get("name") if isinstance(model, dict) else model
-        return f"the source was trained as model '{name}' ({shown}, batch_norm={cfg.get('batch_norm', False)}) per its best_config.yaml"
+        return (
+            f"the source was trained as model '{name}' ({shown}, batch_norm={cfg.get('batch_norm', False)}) "
+            "per its best_config.yaml"
+        )
     return "use the model and batch_norm setting the source was trained with"
 
 
@@ -299,7 +312,9 @@ def load_state(source: Any) -> dict:
     if TORCHVISION_WEIGHTS.match(source):
         return _download_torchvision(source)
     if not Path(source).is_file():
-        raise FilesUnavailable(f"init.source = {source}: no such file on this machine; copy the weights there or fix the path")
+        raise FilesUnavailable(
+            f"init.source = {source}: no such file on this machine; copy the weights there or fix the path"
+        )
     return _read_state_file(source)
 
 
@@ -312,7 +327,9 @@ def _read_state_file(path: str) -> dict:
             state = state[key]
             break
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise ValueError(f"init.source = {path}: not a state dict (name -> tensor) nor a checkpoint holding one under 'model'")
+        raise ValueError(
+            f"init.source = {path}: not a state dict (name -> tensor) nor a checkpoint holding one under 'model'"
+        )
     return state
 
 

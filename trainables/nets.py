@@ -84,7 +84,10 @@ class ResNet(nn.Module):
             c_out = width * 2**stage
             blocks.append(
                 nn.Sequential(
-                    *(ResidualBlock(c_in if i == 0 else c_out, c_out, 2 if stage and i == 0 else 1, batch_norm) for i in range(per_stage))
+                    *(
+                        ResidualBlock(c_in if i == 0 else c_out, c_out, 2 if stage and i == 0 else 1, batch_norm)
+                        for i in range(per_stage)
+                    )
                 )
             )
             c_in = c_out

@@ -189,7 +189,8 @@ def importance(sweep: RecordedSweep, seed: int = 0) -> dict[str, float]:
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if numeric:
             distributions[key] = FloatDistribution(float(min(values)), float(max(values)))
-        elif all(key in p for p, _ in units) or not any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        elif (all(key in p for p, _ in units)
+              or not any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             distributions[key] = CategoricalDistribution(sorted({format_value(v) for v in values}))
     if not distributions:
         return {}
@@ -275,7 +276,8 @@ def _matches(params: dict[str, Any], where: dict[str, Any] | list[dict[str, Any]
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (isinstance(a, (int, float)) and isinstance(b, (int, float))
+            and not isinstance(a, bool) and not isinstance(b, bool)):
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     return a == b or str(a) == str(b)
 
@@ -294,11 +296,12 @@ def evaluate_claims(sweep: RecordedSweep, claims: list[dict[str, Any]], seed: in
     results = []
     for claim in claims:
         measure = claim.get("measure", "best")
-        quantity = sweep.metric if measure == "best" else "val_loss" if measure in ("gap", "overshoot") else measure.split("@")[0]
+        quantity = (sweep.metric if measure == "best" else "val_loss" if measure in ("gap", "overshoot")
+                    else measure.split("@")[0])
         units = _units(sweep, measure_of(sweep, measure))
         param = claim["param"]
 
-        def side(params: dict) -> int | None:
+        def side(params: dict, param: str = param, claim: dict = claim) -> int | None:
             if param not in params:
                 return None
             if any(_same(params[param], x) for x in claim["treatment"]):
@@ -322,7 +325,8 @@ def evaluate_claims(sweep: RecordedSweep, claims: list[dict[str, Any]], seed: in
         n = (counts[0], counts[1])
         if min(counts) < 2:
             results.append(ClaimResult(claim["claim"], measure, None, None, n, "inconclusive",
-                                       f"too few configurations ({', '.join(map(str, counts))}; need 2 per side)", quantity))
+                                       f"too few configurations ({', '.join(map(str, counts))}; need 2 per side)",
+                                       quantity))
             continue
         y = np.asarray([r[1] for r in rows], float)
         basic = [[1.0, r[2], *([r[3], r[2] * r[3]] if versus is not None else [])] for r in rows]
@@ -330,7 +334,8 @@ def evaluate_claims(sweep: RecordedSweep, claims: list[dict[str, Any]], seed: in
         # The claim's own group is left out: its other parameters are aliased with it (optimizer.lr
         # ranges differ per optimizer.name; crop.p moves with rotate.p in one augment block).
         group = param.split(".")[0]
-        covariates = _covariates([r[0] for r in rows], exclude=lambda key: key.split(".")[0] == group) if claim.get("adjust", True) else []
+        covariates = (_covariates([r[0] for r in rows], exclude=lambda key, group=group: key.split(".")[0] == group)
+                      if claim.get("adjust", True) else [])
         x = np.asarray([b + c for b, c in zip(basic, covariates)] if covariates else basic, float)
         note = ""
         if covariates and len(rows) < 3 * x.shape[1]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
 
@@ -115,11 +116,13 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
-        status, tags = end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha, out_of_time=out_of_time)
+        status, tags = end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha,
+                                  out_of_time=out_of_time)
         self._finish(trial, status, tags, "FINISHED")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.writer.submit(SetTags(trial.trial_id, {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}))
+        self.writer.submit(SetTags(trial.trial_id,
+                                   {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self._started:
@@ -168,7 +171,8 @@ def error_line(trial: Any) -> str:
 class Progress(tune.Callback):
     """Live progress on the console: a line per finished trial, a summary every few seconds."""
 
-    def __init__(self, metric: str, mode: str, statuses: dict[str, str], echo: Callable[[str], None], every_s: float = 10.0):
+    def __init__(self, metric: str, mode: str, statuses: dict[str, str], echo: Callable[[str], None],
+                 every_s: float = 10.0):
         self.metric, self.mode, self.statuses, self.echo, self.every_s = metric, mode, statuses, echo, every_s
         self.best: tuple[float, str, int] | None = None
         self._started = time.monotonic()

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("report", help="leaderboard, per-trick effects, importance, claims and plots of a finished sweep")
+    p = sub.add_parser("report",
+                       help="leaderboard, per-trick effects, importance, claims and plots of a finished sweep")
     p.add_argument("name", help="the sweep's name (its MLflow experiment)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
     p.add_argument("--out", type=Path, help="folder for the report (default: reports/NAME)")
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://127.0.0.1:8265")
     p.add_argument("--smoke", action="store_true", help="2 trials x 2 epochs")
-    p.add_argument("--tracking-uri", help="MLflow URI as seen from the cluster (default: the spec's, else the head's env)")
+    p.add_argument("--tracking-uri",
+                   help="MLflow URI as seen from the cluster (default: the spec's, else the head's env)")
     p.add_argument("--storage", help="Tune storage path shared by all nodes (overrides the spec)")
     p.set_defaults(func=cmd_submit)
 
@@ -120,7 +122,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         expected = asha.expected_epochs(trials, epochs, grace, factor)
         budget += f"; with ASHA about {expected:.0f} (rungs at epochs {asha.rungs(epochs, grace, factor)})"
     print(budget)
-    print(f"objective: {spec.mode} {spec.metric}; resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU")
+    print(f"objective: {spec.mode} {spec.metric}; resources per trial: {spec.resources.cpu:g} CPU, "
+          f"{spec.resources.gpu:g} GPU")
     return 0
 
 
@@ -151,7 +154,8 @@ def _auto_report(console, outcome, top: int) -> None:
         experiment = open_client(outcome.tracking_uri).get_experiment(outcome.experiment_id).name
         report = build_report(outcome.tracking_uri, experiment, Path("reports") / experiment, top=top)
     except Exception as err:  # noqa: BLE001 - report problems must not turn a finished sweep into a failure
-        console.print(f"report skipped: {type(err).__name__}: {err} (retry: tricksweep report {outcome.name})", markup=False)
+        console.print(f"report skipped: {type(err).__name__}: {err} (retry: tricksweep report {outcome.name})",
+                      markup=False)
         return
     print_report(report, console, top)
 
@@ -173,7 +177,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_address(args.address)
     console = _console()
     outcome = resume_sweep(
-        args.name, tracking_uri=args.tracking_uri, address=args.address, echo=lambda line: console.print(line, markup=False)
+        args.name, tracking_uri=args.tracking_uri, address=args.address,
+        echo=lambda line: console.print(line, markup=False),
     )
     code = _summary(console, outcome, args.top)
     _auto_report(console, outcome, args.top)
@@ -181,9 +186,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _console():
-    from rich.console import Console
-
     import mlflow  # noqa: F401 - configures its loggers on import; quiet them after
+    from rich.console import Console
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor a bar per report download
@@ -217,7 +221,8 @@ def _summary(console, outcome, top: int) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from tricksweep import jobs
 
-    job_id = jobs.submit(args.spec, args.address, smoke=args.smoke, tracking_uri=args.tracking_uri, storage=args.storage)
+    job_id = jobs.submit(args.spec, args.address, smoke=args.smoke, tracking_uri=args.tracking_uri,
+                         storage=args.storage)
     print(job_id)
     print(f"follow it:  tricksweep logs {job_id} --address {args.address} --follow", file=sys.stderr)
     return 0

@@ -37,7 +37,8 @@ def connect(address: str, timeout_s: float = 3.0) -> Any:
         socket.create_connection((parsed.hostname, parsed.port or 8265), timeout=timeout_s).close()
         return JobSubmissionClient(url)
     except Exception as err:  # noqa: BLE001 - refused, timeout, not a Ray dashboard: all the same to the user
-        reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+                  if str(err).strip() else type(err).__name__)
         raise SpecError(f"--address {address}: no Ray dashboard answers there ({reason}); "
                         f"on a cluster, forward it first with `ray dashboard cluster.yaml`") from None
 

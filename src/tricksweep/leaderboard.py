@@ -115,7 +115,8 @@ def table(rows: list[ConfigRow], metric: str, top: int = 10, heading: str = "") 
     for i, row in enumerate(rows[:top], 1):
         trial = row.best_trial
         who = trial.name if len(row.trials) == 1 else f"{len(row.trials)} seeds"
-        out.add_row(str(i), who, value_text(row), f"{row.best_epoch}/{trial.epochs}", row.statuses, settings_text(row, keys))
+        out.add_row(str(i), who, value_text(row), f"{row.best_epoch}/{trial.epochs}", row.statuses,
+                    settings_text(row, keys))
     return out
 
 
@@ -127,8 +128,9 @@ def write_csv(rows: list[ConfigRow], path: Path) -> None:
         writer.writerow(["rank", "mean", "spread", "repeats", "epochs", "statuses", "best_trial", "best_value",
                          "best_epoch", *keys])
         for i, row in enumerate(rows, 1):
-            writer.writerow([i, row.mean, row.spread, len(row.trials), row.epochs, row.statuses, row.best_trial.trial_id,
-                             row.best_value, row.best_epoch, *(row.params.get(k, "") for k in keys)])
+            writer.writerow([i, row.mean, row.spread, len(row.trials), row.epochs, row.statuses,
+                             row.best_trial.trial_id, row.best_value, row.best_epoch,
+                             *(row.params.get(k, "") for k in keys)])
 
 
 def short_key(key: str) -> str:

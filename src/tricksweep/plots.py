@@ -51,7 +51,9 @@ def plot_losses(sweep: RecordedSweep, path: Path, count: int = 4) -> None:
     import matplotlib.pyplot as plt
 
     finished = {t.run_id for t in sweep.finished}
-    ranked = [max(r.trials, key=lambda t: t.epochs) for r in leaderboard.rank(sweep.trials, sweep.metric, sweep.mode, repeats=sweep.repeats > 1) if r.trials]
+    ranked = [max(r.trials, key=lambda t: t.epochs)
+              for r in leaderboard.rank(sweep.trials, sweep.metric, sweep.mode, repeats=sweep.repeats > 1)
+              if r.trials]
     ranked = [t for t in ranked if t.run_id in finished]
     ranked = [t for t in ranked if t.epochs >= 2] or ranked  # a curve needs two points
     early = [t for t in sweep.finished if t.status == "early_stopped"]

@@ -111,7 +111,9 @@ def load_sweep(uri: str, name: str) -> RecordedSweep:
     client = parent.client
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            spec = yaml.safe_load(Path(client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp)).read_text())
+            spec = yaml.safe_load(
+                Path(client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp)).read_text()
+            )
         except Exception:  # noqa: BLE001 - an old or partial record: fall back to the parent's params
             spec = None
     if spec is None:

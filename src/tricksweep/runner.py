@@ -17,9 +17,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from ray import tune
@@ -228,7 +229,8 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
-        raise SpecError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}) within {timeout_s:g} s") from None
+        raise SpecError(f"--address {address}: no Ray cluster answers there ({err.strerror or err}) "
+                        f"within {timeout_s:g} s") from None
     if address.startswith("ray://"):
         return  # Ray Client speaks its own protocol; the port answering is all we can check cheaply
     # Something answers; one GCS handshake tells whether it is Ray (ray.init would retry for a minute).
@@ -246,25 +248,6 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
         os.close(devnull)
-
-
-def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
-    """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address in (None, "local"):
-        # A private in-process cluster: token auth protects nothing here and breaks on a stale token.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address=address or "local",
-        num_cpus=cpus if address in (None, "local") else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    return True
 
 
 def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
@@ -459,7 +442,8 @@ def resume_sweep(name: str, *, tracking_uri: str | None = None, address: str | N
     tags = parent.client.get_run(parent.run_id).data.tags
     path = tags.get("tricksweep.storage_path", "")
     if not path or not tune.Tuner.can_restore(path):
-        raise SpecError(f"resume {name}: no Tune experiment state at {path or '(no storage_path tag)'}; nothing to resume")
+        raise SpecError(f"resume {name}: no Tune experiment state at {path or '(no storage_path tag)'}; "
+                        "nothing to resume")
     with tempfile.TemporaryDirectory() as tmp:
         loaded = load_spec(parent.client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp))
     if tags.get("tricksweep.smoke") == "true":

@@ -90,7 +90,8 @@ def check_space(space: dsl.Node, searcher: str, repeats: int = 1, path: str = "s
     why = (f"searcher {searcher!r} with repeats = {repeats} samples each configuration once, then runs it per seed"
            if found.grid_values else f"searcher {searcher!r} samples one configuration at a time")
     for where, values in _grids(space, path):
-        raise SpecError(f"{where}.grid: {why}; it cannot enumerate grid values {values}; use {{choice: [...]}}, or searcher: grid")
+        raise SpecError(f"{where}.grid: {why}; it cannot enumerate grid values {values}; "
+                        "use {choice: [...]}, or searcher: grid")
 
 
 def build(space: dsl.Node, spec: Any) -> tuple[Any, int, dict[str, Any]]:

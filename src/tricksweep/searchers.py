@@ -37,9 +37,10 @@ import copy
 import os
 import pickle
 import random
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -186,7 +187,8 @@ class OptunaRepeats(_EpochCounter, Searcher):
         best = max if self.mode == "max" else min
         running = {t: _running_best(group.curves.get(t, {}), best) for t in group.trials}
         full = all(
-            int(r.get("epoch") or 0) >= self.max_epochs or r.get("end") == "early_stopped" for r in group.results.values()
+            int(r.get("epoch") or 0) >= self.max_epochs or r.get("end") == "early_stopped"
+            for r in group.results.values()
         )
         if full and all(running.values()):
             values = [best(curve.values()) for curve in running.values()]
@@ -198,7 +200,8 @@ class OptunaRepeats(_EpochCounter, Searcher):
         for epoch in range(1, reached + 1):
             points = [c[epoch] for c in running.values() if epoch in c]
             if points:
-                self.inner.on_trial_result(group_id, {self.metric: sum(points) / len(points), "training_iteration": epoch})
+                self.inner.on_trial_result(group_id,
+                                           {self.metric: sum(points) / len(points), "training_iteration": epoch})
         self.inner.on_trial_complete(group_id, None)
         self.told[group_id] = "PRUNED"
 

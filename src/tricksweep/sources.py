@@ -25,8 +25,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError, did_you_mean
@@ -96,7 +97,9 @@ class _Resolver:
                 for k, v in node.items()
             }
         if isinstance(node, dsl.Choice):
-            return dataclasses.replace(node, options=tuple(self.parsed(o, f"{path}[{i}]") for i, o in enumerate(node.options)))
+            return dataclasses.replace(
+                node, options=tuple(self.parsed(o, f"{path}[{i}]") for i, o in enumerate(node.options))
+            )
         return node
 
     def parsed_source(self, node: dsl.Node, path: str) -> dsl.Node:
@@ -186,7 +189,8 @@ class _Resolver:
                     shutil.rmtree(tmp, ignore_errors=True)
             best = {k: v for k, v in run.data.metrics.items() if k.startswith("best_")}
             shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items())
-            self.echo(f"{path}: sweep {name} -> run {run_id} ({run.info.run_name}{', ' + shown if shown else ''}) -> {state}")
+            self.echo(f"{path}: sweep {name} -> run {run_id} ({run.info.run_name}{', ' + shown if shown else ''}) "
+                      f"-> {state}")
             return str(state)
         raise SpecError(
             f"{where}: no finished run of sweep '{name}' with a {BEST_DIR}/{STATE_FILE} artifact in {self.uri}; "
@@ -203,7 +207,9 @@ class _Resolver:
         open_client(self.uri)  # a store MLflow has to create is created once, under the lock
         try:
             with _no_progress_bar():
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(_made(dest)), tracking_uri=self.uri))
+                local = Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=artifact_uri, dst_path=str(_made(dest)), tracking_uri=self.uri
+                ))
         except (MlflowException, OSError) as err:
             reason = " ".join(str(err).split())[:300]
             raise SpecError(f"{where}: cannot download it from {self.uri} ({reason})") from None

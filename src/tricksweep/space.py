@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from tricksweep.errors import SpecError
 
@@ -56,7 +56,7 @@ class Const:
 
 
 Block = dict  # name -> Node
-Node = Union[Choice, Uniform, IntRange, Const, Block]
+Node = Choice | Uniform | IntRange | Const | Block
 
 
 def is_domain(raw: Any) -> bool:
@@ -99,8 +99,9 @@ def parse(raw: Any, path: str = "space") -> Node:
 
 
 def to_tune(node: Node, enumerate_ranges: bool = False, path: str = "space") -> Any:
-    """Compile to Ray Tune's param_space (``enumerate_ranges``: every choice and int range a grid axis). Ray resolves domains inside a sampled block on its
-    next pass, which is what makes conditional blocks work with the basic variant generator."""
+    """Compile to Ray Tune's param_space (``enumerate_ranges``: every choice and int range a grid axis).
+    Ray resolves domains inside a sampled block on its next pass, which is what makes conditional blocks
+    work with the basic variant generator."""
     from ray import tune
 
     if isinstance(node, dict):
@@ -193,7 +194,8 @@ def merge(base: dict, override: dict) -> dict:
     """Deep-merge raw spaces: groups merge key by key, anything else in ``override`` replaces."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(out.get(key), dict) and not is_domain(out[key]) and isinstance(value, dict) and not is_domain(value):
+        if (isinstance(out.get(key), dict) and not is_domain(out[key])
+                and isinstance(value, dict) and not is_domain(value)):
             out[key] = merge(out[key], value)
         else:
             out[key] = value

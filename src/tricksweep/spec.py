@@ -28,7 +28,9 @@ class Strict(BaseModel):
 class Budget(Strict):
     trials: int = Field(ge=1, description="configurations sampled (random), or passes over the grid (grid)")
     max_epochs: int = Field(ge=1, description="epochs a trial may run at most; ASHA's max_t")
-    time_limit_s: float | None = Field(None, gt=0, description="wall-clock seconds; then no new trials start and running ones stop")
+    time_limit_s: float | None = Field(
+        None, gt=0, description="wall-clock seconds; then no new trials start and running ones stop"
+    )
     max_total_epochs: int | None = Field(
         None, ge=1, description="epochs summed over all trials; once spent no new trial starts (running ones finish)"
     )
@@ -77,16 +79,23 @@ class Claim(Strict):
     param: str = Field(description="flattened trial parameter, e.g. optimizer.name or batch_norm")
     treatment: list[Any] = Field(min_length=1, description="values of `param` the claim is about")
     control: list[Any] = Field(min_length=1, description="values of `param` they are compared with")
-    measure: str = Field("best", pattern=r"^(best|gap|overshoot|[a-z_]+@[0-9]+)$", description="what is compared per trial")
-    expect: Literal["higher", "lower"] = Field(description="the claim holds if treatment - control is higher/lower than 0")
+    measure: str = Field(
+        "best", pattern=r"^(best|gap|overshoot|[a-z_]+@[0-9]+)$", description="what is compared per trial"
+    )
+    expect: Literal["higher", "lower"] = Field(
+        description="the claim holds if treatment - control is higher/lower than 0"
+    )
     where: dict[str, Any] | list[dict[str, Any]] = Field(
-        default_factory=dict, description="only trials with these params: value, [values], {min, max} or {not}; a list: any of them"
+        default_factory=dict,
+        description="only trials with these params: value, [values], {min, max} or {not}; a list: any of them",
     )
     versus_where: dict[str, Any] | list[dict[str, Any]] | None = Field(
         None, description="interaction: subtract the effect within these trials"
     )
     adjust: bool = Field(
-        True, description="estimate with the other swept parameters as covariates (less noise); false: plain difference of means"
+        True,
+        description="estimate with the other swept parameters as covariates (less noise); "
+        "false: plain difference of means",
     )
 
 
@@ -110,7 +119,9 @@ class SweepSpec(Strict):
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
     space: dict[str, Any] = Field(default_factory=dict)
-    claims: list[Claim] = Field(default_factory=list, description="claims `tricksweep report` tests on the finished sweep")
+    claims: list[Claim] = Field(
+        default_factory=list, description="claims `tricksweep report` tests on the finished sweep"
+    )
 
     @field_validator("searcher")
     @classmethod
@@ -242,7 +253,8 @@ def _check_claims(spec: SweepSpec, parsed: dict) -> None:
         def keys_of(where: dict | list | None) -> list[str]:
             return [k for w in (where if isinstance(where, list) else [where or {}]) for k in w]
 
-        for field_name, keys in (("param", [claim.param]), ("where", keys_of(claim.where)), ("versus_where", keys_of(claim.versus_where))):
+        for field_name, keys in (("param", [claim.param]), ("where", keys_of(claim.where)),
+                                 ("versus_where", keys_of(claim.versus_where))):
             for key in keys:
                 if key not in names:
                     raise SpecError(f"claims[{i}].{field_name} = {key!r}: not a parameter of this space"
@@ -299,7 +311,8 @@ def check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
             raise SpecError(f"space.{reserved}: set by the engine from the spec; remove it from the space")
     for corner in dsl.corners(parsed):
         try:
-            config_cls.model_validate({**corner, "data": {**spec.dataset, **corner.get("data", {})}})  # space.data: swept dataset fields
+            # space.data: swept dataset fields
+            config_cls.model_validate({**corner, "data": {**spec.dataset, **corner.get("data", {})}})
         except ValidationError as err:
             raise SpecError(format_validation_error(err, config_cls, prefix="space.")) from None
 
@@ -335,7 +348,8 @@ def format_validation_error(
         msg = f"{where}.{key} = {tag!r}: unknown option{did_you_mean(tag, valid)}; valid: {', '.join(valid)}"
     else:
         rule = first["msg"].removeprefix("Value error, ")
-        msg = rule if rule.startswith(tuple(f"{f}" for f in ("scheduler.", "budget."))) else f"{where} = {value!r}: {rule}"
+        msg = (rule if rule.startswith(tuple(f"{f}" for f in ("scheduler.", "budget.")))
+               else f"{where} = {value!r}: {rule}")
     more = len(errors) - 1
     return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
 

@@ -186,9 +186,11 @@ class ParentRun:
                 if client.search_runs([e.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'", max_results=1)
             ]
             if not found:
-                raise SpecError(f"sweep = {name!r}: no sweeps recorded in {uri}; check --tracking-uri or MLFLOW_TRACKING_URI")
+                raise SpecError(f"sweep = {name!r}: no sweeps recorded in {uri}; "
+                                "check --tracking-uri or MLFLOW_TRACKING_URI")
             raise SpecError(
-                f"sweep = {name!r}: no sweep of that name in {uri}{did_you_mean(name, found)}; sweeps found: {', '.join(sorted(found))}"
+                f"sweep = {name!r}: no sweep of that name in {uri}{did_you_mean(name, found)}; "
+                f"sweeps found: {', '.join(sorted(found))}"
             )
         sweep = cls(uri, name)
         sweep.run_id = parents[0].info.run_id

@@ -42,7 +42,8 @@ class TrialContext:
 class TuneReport:
     """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API."""
 
-    def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None, end: str | None = None) -> None:
+    def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None,
+                 end: str | None = None) -> None:
         tune.report(
             {**metrics, "epoch": epoch, "end": end or ""},
             checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from tricksweep.tracking import ERROR_TAG, PARENT_TAG, RESUMED_TAG, TRIAL_TAG, param_value
 
@@ -62,7 +62,7 @@ class EndRun:
     status: str  # MLflow's run status: FINISHED, FAILED, KILLED
 
 
-Op = Union[StartRun, LogMetrics, SetTags, EndRun]
+Op = StartRun | LogMetrics | SetTags | EndRun
 Batchable = (LogMetrics, SetTags)  # ops of one trial that may share one log_batch
 
 
@@ -151,7 +151,8 @@ class Writer:
                 while not self._ops and not self._closing:
                     self._cv.wait()
                 # A fresh op waits for company; a backlog (older ops) is written at once.
-                while self._ops and not self._closing and (left := self._queued_since + self.linger_s - time.monotonic()) > 0:
+                while (self._ops and not self._closing
+                       and (left := self._queued_since + self.linger_s - time.monotonic()) > 0):
                     self._cv.wait(left)
                 if not self._ops or self._abandoned:
                     return
@@ -267,7 +268,8 @@ class Writer:
                 return run_id
         self._start_tried.add(trial_id)
         run = self.client.create_run(
-            self.experiment_id, run_name=op.run_name, tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **op.tags}
+            self.experiment_id, run_name=op.run_name,
+            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id, **op.tags},
         )
         self.calls += 1
         return run.info.run_id
