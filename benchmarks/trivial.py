@@ -1,7 +1,7 @@
 """A trainable that does no work: one report, no checkpoint. What remains of a sweep's wall
 time over it is orchestration (Ray Tune, the MLflow writer, the driver).
 
-The benchmark registers it at run time (``TRAINABLES["bench_trivial"]``); it is not shipped.
+The benchmark names it by import string (``trainable: benchmarks.trivial``); it is not registered.
 """
 
 from __future__ import annotations

@@ -158,13 +158,10 @@ def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
         assert max(s["metrics"]["val_accuracy"] for s in kept) == pytest.approx(max(m.value for m in saved))
 
 
-def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, monkeypatch):
-    from trainables import TRAINABLES
-
-    monkeypatch.setitem(TRAINABLES, "failing", "failing_trainable")
+def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path):
     spec = write_spec(
         tmp_path,
-        "name: failing\ntrainable: failing\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
+        "name: failing\ntrainable: failing_trainable\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
@@ -175,7 +172,8 @@ def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, mo
     children = {c.data.params["dropout"]: c for c in children_of(client.search_runs([outcome.experiment_id]), outcome.parent_run_id)}
     assert children["0.5"].data.tags[STATUS_TAG] == "failed"
     assert children["0.5"].info.status == "FAILED"
-    assert children["0.5"].data.tags["tricksweep.error"] == f"RuntimeError: {ERROR}"
+    assert children["0.5"].data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")
+    assert "failing_trainable.py:" in children["0.5"].data.tags["tricksweep.error"]  # where in the user's code
     assert [m.step for m in client.get_metric_history(children["0.5"].info.run_id, "val_accuracy")] == [1]
     assert children["0.0"].data.tags[STATUS_TAG] == "completed"
     assert {r.status for r in outcome.trials} == {"failed", "completed"}

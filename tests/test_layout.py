@@ -103,7 +103,7 @@ def test_a_trial_in_a_real_worker_imports_only_the_worker_side(ray_local, tmp_pa
 
     from tricksweep.trial import TrialContext, run_trial
 
-    ctx = TrialContext(module="modules_probe_trainable", fixed={"data": {}}, cpus=1, gpus=0)
+    ctx = TrialContext(module="modules_probe_trainable", cpus=1, gpus=0)
     tuner = tune.Tuner(
         tune.with_parameters(run_trial, ctx=ctx),
         param_space={"seed": 0},

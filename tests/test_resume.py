@@ -184,18 +184,16 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
     assert state(ended)[1] == "stopped_by_asha"
 
 
-def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, monkeypatch):
+def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path):
     # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
     # race on a dying node): it continues from its last checkpoint in the same child run.
     from fails_once_trainable import ERROR
-    from trainables import TRAINABLES
     from tricksweep.runner import resume_sweep, run_sweep
     from tricksweep.spec import load_spec
 
-    monkeypatch.setitem(TRAINABLES, "fails_once", "fails_once_trainable")
     spec = write_spec(
         tmp_path,
-        "name: fails_once\ntrainable: fails_once\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
+        "name: fails_once\ntrainable: fails_once_trainable\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
@@ -204,7 +202,8 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
     client = MlflowClient(uri)
     [errored] = [c for c in client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
                  if c.data.tags[STATUS_TAG] == "failed"]
-    assert first.errors == 1 and errored.data.tags["tricksweep.error"] == f"RuntimeError: {ERROR}"
+    assert first.errors == 1 and errored.data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")
+    assert "fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
 
     second = resume_sweep("fails_once", tracking_uri=uri, echo=lambda _: None)
     assert second.errors == 0 and {r.status for r in second.trials} == {"completed"}

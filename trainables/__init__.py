@@ -1,11 +1,10 @@
 """PyTorch trainables. Nothing in this package imports Ray or MLflow.
 
-A trainable is a module with:
-
-- ``Config``: a pydantic model holding every hyperparameter, one field per line;
-- ``METRICS``: the metric names ``train`` reports each epoch;
-- ``train(cfg, report)``: trains, calling ``report(epoch=..., metrics=..., checkpoint=...)``
-  once per epoch and ``report.restore()`` to resume.
+A trainable is a module with ``train(config, report)`` (and, here, a pydantic ``Config`` holding
+every hyperparameter, one field per line, and ``METRICS``), or a function ``train(config, report)``
+of your own reached by an import string (``trainable: "mypkg.train:fit"``). The contract, what
+``train`` receives and ``report(...)`` / ``report.restore()`` / ``report.info``, is written once,
+in ``trainables/contract.py``.
 
 Importing a trainable module must not import torch, so that specs validate quickly.
 """
@@ -15,14 +14,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from trainables.report import ListReport, Report
+from trainables.report import ListReport, Report, TrialInfo
 
-# Plain name -> module path; imported only when used.
+# Registered name -> import string (see trainables/contract.py); imported only when used.
 TRAINABLES: dict[str, str] = {
     "classifier": "trainables.classifier",
 }
 
-__all__ = ["TRAINABLES", "ListReport", "Report", "load"]
+__all__ = ["TRAINABLES", "ListReport", "Report", "TrialInfo", "load"]
 
 
 def load(name: str) -> ModuleType:

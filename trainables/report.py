@@ -1,18 +1,41 @@
-"""The reporting contract between a trainable and whatever runs it."""
+"""The reporting contract between a trainable and whatever runs it (the whole contract:
+``trainables/contract.py``)."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What the engine supplies to every trial, as ``report.info``: the same for every trainable,
+    whatever its config declares.
+
+    >>> TrialInfo(epochs=3).epochs
+    3
+    """
+
+    epochs: int = 1  # the sweep's budget.max_epochs: train at most this many epochs
+    seed: int = 0  # this trial's seed (drawn from the sweep's seed; the same for a configuration's repeat)
+    device: str = "cpu"  # the torch device Ray assigned ("cuda" for a GPU trial)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    data: dict[str, Any] = field(default_factory=dict)  # the spec's dataset, with any swept space.data fields
+
+
+# Fields of TrialInfo a pydantic Config may declare to have them filled in (a convenience).
+ENGINE_FIELDS = tuple(f.name for f in fields(TrialInfo))
 
 # How a trainable may end on its own; the engine adds completed / stopped_by_asha / failed.
 END_REASONS = ("early_stopped", "diverged")
 
 
 class Report(Protocol):
+    info: TrialInfo
+
     def __call__(
         self,
         *,
@@ -37,6 +60,7 @@ class ListReport:
     """
 
     resume_from: str | None = None
+    info: TrialInfo = field(default_factory=TrialInfo)
     records: list[dict] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="listreport-"))

@@ -1,8 +1,8 @@
 """tricksweep: hyperparameter sweeps over the classic deep-learning tricks, on Ray Tune, recorded in MLflow.
 
-    from tricksweep import load_spec, run_sweep
-    outcome = run_sweep(load_spec("sweeps/quickstart.yaml"))
-    outcome.best_value, outcome.parent_run_id
+    from tricksweep import run_sweep
+    outcome = run_sweep("sweeps/quickstart.yaml")    # a spec file, a dict of its keys, or load_spec(...)
+    outcome.best_value, outcome.best_config, outcome.experiment_id, outcome.parent_run_id
 
 Names are imported on first use: ``import tricksweep`` (what every Ray worker does) stays light,
 and only ``run_sweep`` / ``resume_sweep`` bring in Ray.

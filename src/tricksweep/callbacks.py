@@ -155,17 +155,44 @@ class MlflowTrials(tune.Callback):
 
 
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*")
+_FRAME_LINE = re.compile(r'^File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 def error_line(trial: Any) -> str:
     """The trial's exception as one line (``RuntimeError: ...``): the last line naming an
-    exception, since messages such as pydantic's end with a help link."""
+    exception, since messages such as pydantic's end with a help link; then where in the user's
+    code it was raised, ``(at train.py:12)``, when the traceback passes through it."""
     path = getattr(trial, "error_file", None)
     text = Path(path).read_text(errors="replace") if path and Path(path).exists() else ""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     named = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
-    return (named or lines or ["unknown error"])[-1][:500]
+    line = (named or lines or ["unknown error"])[-1]
+    where = user_frame(lines)
+    return (line[:500 - len(where) - 6] + f" (at {where})") if where else line[:500]
 
+
+def user_frame(lines: list[str]) -> str | None:
+    """``file:line`` of the innermost traceback frame in user code: not tricksweep's, not an
+    installed package's (Ray, torch, pydantic), not the standard library's."""
+    import sysconfig
+
+    libraries = {sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")}
+    not_user = tuple(str(Path(p).resolve()) for p in libraries)
+    engine = str(Path(__file__).resolve().parent)
+    frames = [m for m in map(_FRAME_LINE.match, lines) if m]
+    for frame in reversed(frames):
+        file = Path(frame["file"])
+        # Imported code has absolute paths in a worker's traceback; "<string>" and the like are no file.
+        if not file.is_absolute() or "site-packages" in file.parts:
+            continue
+        if str(file.resolve()).startswith((*not_user, engine)):
+            continue
+        try:
+            shown = file.resolve().relative_to(Path.cwd())
+        except ValueError:
+            shown = file
+        return f"{shown}:{frame['line']}"
+    return None
 
 
 class Progress(tune.Callback):

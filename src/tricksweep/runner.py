@@ -1,8 +1,8 @@
 """The driver: a sweep as a pipeline, resolve -> plan -> run -> record (the report comes after,
 from MLflow alone: ``report.build_report``).
 
-    outcome = run_sweep(load_spec("sweeps/quickstart.yaml"))
-    outcome.best.name, outcome.best_value      # 'trial-00000', 0.9916
+    outcome = run_sweep("sweeps/quickstart.yaml")       # or a dict of the spec's keys, or load_spec(...)
+    outcome.best.name, outcome.best_value, outcome.best_config   # 'trial-00000', 0.9916, {'optimizer': {...}, ...}
 
 - **resolve**: the spec as it will run (smoke mode, ``init.source`` files, absolute paths);
 - **plan**: the Tuner with the trial function (``trial.run_trial``), searcher, ASHA and callbacks;
@@ -35,6 +35,7 @@ from tricksweep.searchers import pending_trials_limit
 from tricksweep.sources import resolve_sources, shipped_files
 from tricksweep.spec import Asha, LoadedSpec, SweepSpec, load_spec
 from tricksweep.tracking import (
+    CODE_PATHS_TAG,
     ERROR_TAG,
     ParentRun,
     end_status,
@@ -62,6 +63,7 @@ class Outcome:
     errors: int  # trials that ended in an error
     metric: str
     mode: str
+    best_config: dict[str, Any] | None = None  # the best trial's sampled config, nested as in the space
 
     @property
     def best(self) -> TrialRecord | None:
@@ -115,21 +117,23 @@ def _storage_path(value: str | None) -> str:
 
 
 def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
-    """The trainable config every trial shares: dataset, epoch budget, checkpoint cadence."""
+    """What every trial shares (``TrialInfo`` but the seed and device): dataset, epoch budget, checkpoint cadence."""
     return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
 
 
-def trial_trainable(spec: SweepSpec, space: dsl.Node) -> Any:
-    """``run_trial`` with the spec's fixed inputs, the weights files its space names, and
-    per-trial resources attached."""
-    from trainables import TRAINABLES
-
+def trial_trainable(loaded: LoadedSpec) -> Any:
+    """``run_trial`` with the trainable's import string and folders, the spec's fixed inputs, the
+    weights files its space names, and per-trial resources attached."""
+    spec, trainable = loaded.spec, loaded.trainable
     ctx = TrialContext(
-        module=TRAINABLES[spec.trainable],
-        fixed=fixed_inputs(spec),
+        module=trainable.module,
+        function=trainable.function,
+        code_paths=loaded.code_paths,
+        metric=None if trainable.metrics is not None else spec.metric,  # declared ones were checked by load_spec
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
-        sources=shipped_files(space),
+        sources=shipped_files(loaded.space),
+        **fixed_inputs(spec),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
@@ -159,7 +163,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
         )
     search_alg, num_samples, param_space = search.build(loaded.space, spec)
     return tune.Tuner(
-        trial_trainable(spec, loaded.space),
+        trial_trainable(loaded),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -190,7 +194,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
 def restore_tuner(path: str, loaded: LoadedSpec, echo: Callable[[str], None]) -> tune.Tuner:
     """Tune's experiment at ``path`` restored; its callbacks write to the same runs again."""
     tuner = tune.Tuner.restore(
-        path, trainable=trial_trainable(loaded.spec, loaded.space), resume_unfinished=True, resume_errored=True
+        path, trainable=trial_trainable(loaded), resume_unfinished=True, resume_errored=True
     )
     for callback in _callbacks(tuner):
         if isinstance(callback, Progress):
@@ -316,10 +320,13 @@ def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentR
     _finish_parent(parent, results, board, spec, "failed" if failed else "completed")
     if spec.checkpoint.keep == "best_and_last":
         prune_checkpoints(results, spec.metric, spec.mode)
+    best = board[0].best_trial if board else None
+    best_config = next((r.config for r in results if best and (r.metrics or {}).get("trial_id") == best.trial_id), None)
     return Outcome(
         name=spec.name, tracking_uri=parent.uri, experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
         ui_url=parent.ui_url(), experiment_path=results.experiment_path, leaderboard=board, trials=trials,
         wall_s=time.monotonic() - started, errors=results.num_errors, metric=spec.metric, mode=spec.mode,
+        best_config=best_config,
     )
 
 
@@ -413,10 +420,13 @@ def prune_checkpoints(results: Any, metric: str, mode: str) -> int:
 # -- the two entry points ----------------------------------------------------------------------
 
 
-def run_sweep(loaded: LoadedSpec, *, smoke_test: bool = False, tracking_uri: str | None = None,
-              address: str | None = None, storage: str | None = None, echo: Callable[[str], None] = print) -> Outcome:
-    """Run a validated spec as a new sweep: a new Tune experiment and a new MLflow parent run."""
+def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: bool = False,
+              tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
+              echo: Callable[[str], None] = print) -> Outcome:
+    """Run a spec (a file, a dict of its keys, or ``load_spec``'s result) as a new sweep: a new Tune
+    experiment and a new MLflow parent run. A spec that does not load raises SpecError before Ray starts."""
     started = time.monotonic()
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
     parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
                           storage_path=plan.storage_path, smoke=plan.smoke)
@@ -445,7 +455,10 @@ def resume_sweep(name: str, *, tracking_uri: str | None = None, address: str | N
         raise SpecError(f"resume {name}: no Tune experiment state at {path or '(no storage_path tag)'}; "
                         "nothing to resume")
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = load_spec(parent.client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp))
+        # User code is imported from the folders the sweep was started with, not the download's.
+        folders = tuple(filter(None, tags.get(CODE_PATHS_TAG, "").split(os.pathsep))) or None
+        loaded = load_spec(parent.client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp),
+                           search_path=folders)
     if tags.get("tricksweep.smoke") == "true":
         loaded = loaded.smoke()
     parent.reopen()

@@ -47,7 +47,8 @@ def resolve_sources(loaded: LoadedSpec, tracking_uri: str, echo: Callable[[str],
     if not resolver.changed:
         return loaded
     resolved = dataclasses.replace(loaded, space=space, raw_space=resolver.raw(loaded.raw_space))
-    check_against_trainable(resolved.spec, space)  # the files are here now: the architecture is checked
+    # The files are here now: the architecture is checked against them.
+    check_against_trainable(resolved.spec, space, resolved.trainable)
     return resolved
 
 

@@ -1,12 +1,14 @@
-"""Sweep specs: YAML files validated before anything runs (no Ray here).
+"""Sweep specs: YAML files (or dicts) validated before anything runs (no Ray here).
 
     loaded = load_spec("sweeps/quickstart.yaml")   # raises SpecError with a one-line message
-    loaded.trials_total, loaded.spec.metric
+    loaded.trials_total, loaded.spec.metric, loaded.trainable.target
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.contract import ContractError, Trainable
 from tricksweep import search
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError, did_you_mean, unknown_name
@@ -102,7 +105,9 @@ class Claim(Strict):
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: letters, digits, _ . -")
     description: str = ""
-    trainable: str = "classifier"
+    trainable: str = Field(
+        "classifier", description="a registered name (tricksweep ls) or an import string 'pkg.module[:function]'"
+    )
     dataset: dict[str, Any] = Field(default_factory=lambda: {"name": "digits"})
     metric: str
     mode: Literal["max", "min"]
@@ -143,12 +148,14 @@ class SweepSpec(Strict):
 
 @dataclass
 class LoadedSpec:
-    """A validated spec with its fragments merged and its space parsed."""
+    """A validated spec with its fragments merged, its space parsed and its trainable imported."""
 
     spec: SweepSpec
-    path: Path
+    path: Path | None  # the spec file; None for a spec given as a dict
     space: dict  # parsed DSL tree (tricksweep.space)
     raw_space: dict  # merged YAML of fragments + overrides
+    trainable: Trainable
+    code_paths: tuple[str, ...]  # folders user code is imported from, on the driver and on the workers
     fragments: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -180,13 +187,25 @@ class LoadedSpec:
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def fragment_dirs(spec_path: Path) -> list[Path]:
-    """Where ``include`` names are looked up: next to the spec's folder, then the current folder."""
-    dirs = [spec_path.resolve().parent.parent / "search_spaces", Path.cwd() / "search_spaces"]
+def fragment_dirs(spec_path: Path | None) -> list[Path]:
+    """Where ``include`` names are looked up: next to the spec's folder, then the current folder
+    (only there for a spec given as a dict)."""
+    dirs = [spec_path.resolve().parent.parent / "search_spaces"] if spec_path is not None else []
+    dirs.append(Path.cwd() / "search_spaces")
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
-def available_fragments(spec_path: Path) -> dict[str, Path]:
+def code_paths(spec_path: Path | None) -> tuple[str, ...]:
+    """Where a trainable's import string is looked up, in order: the current folder, the spec's
+    folder and the folder above it (``sweeps/..``, a project's root); the cwd only for a dict."""
+    folders = [Path.cwd()]
+    if spec_path is not None:
+        folder = spec_path.resolve().parent
+        folders += [folder, folder.parent]
+    return tuple(dict.fromkeys(str(f) for f in folders))
+
+
+def available_fragments(spec_path: Path | None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d in reversed(fragment_dirs(spec_path)):
         found.update({p.stem: p for p in sorted(d.glob("*.yaml"))})
@@ -229,22 +248,56 @@ def read_yaml(path: Path, what: str) -> dict:
     return data
 
 
-def load_spec(path: str | Path) -> LoadedSpec:
-    """Read, validate and resolve a sweep spec. Raises SpecError with a one-line message."""
-    path = Path(path)
-    raw = read_yaml(path, "sweep spec")
+def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ...] | None = None) -> LoadedSpec:
+    """Read, validate and resolve a sweep spec: a YAML file, or a dict of the same keys (its
+    ``include`` fragments and import strings are then looked up from the current folder).
+    ``search_path`` replaces the folders user code is imported from (a resumed sweep's own).
+    Raises SpecError with a one-line message."""
+    if isinstance(source, dict):
+        path, raw = None, source
+    else:
+        path = Path(source)
+        raw = read_yaml(path, "sweep spec")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, SweepSpec)) from None
 
+    folders = search_path or code_paths(path)
+    trainable = resolve_trainable(spec.trainable, folders)
     raw_space, fragments = _merge_fragments(spec, path)
     parsed = dsl.parse(raw_space)
-    check_against_trainable(spec, parsed)
-    loaded = LoadedSpec(spec, path, parsed, raw_space, fragments)
+    check_against_trainable(spec, parsed, trainable)
+    loaded = LoadedSpec(spec, path, parsed, raw_space, trainable, folders, fragments)
     search.check_space(parsed, spec.searcher, spec.repeats)
     _check_claims(spec, parsed)
     return loaded
+
+
+def resolve_trainable(name: str, folders: tuple[str, ...]) -> Trainable:
+    """The trainable a spec names: a registered name, else an import string looked up with
+    ``folders`` first on sys.path (they stay there: the user's module may import more later)."""
+    from trainables import TRAINABLES
+    from trainables.contract import load
+
+    target = TRAINABLES.get(name, name)
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        return load(target)
+    except ContractError as err:
+        raise SpecError(f"trainable = {name!r}: {err}") from None
+    except ModuleNotFoundError as err:
+        if name not in TRAINABLES and "." not in name and ":" not in name:
+            # A bare word is more likely a misspelt registered name than a top-level module.
+            registered = ", ".join(sorted(TRAINABLES))
+            raise SpecError(f"trainable = {name!r}: unknown trainable{did_you_mean(name, TRAINABLES)}; "
+                            f"registered: {registered}; or an import string 'package.module[:function]' "
+                            f"(no module named {err.name!r} in {os.pathsep.join(folders)} or the installed packages)"
+                            ) from None
+        raise SpecError(f"trainable = {name!r}: no module named {err.name!r} in {os.pathsep.join(folders)} "
+                        "or the installed packages") from None
 
 
 def _check_claims(spec: SweepSpec, parsed: dict) -> None:
@@ -261,7 +314,7 @@ def _check_claims(spec: SweepSpec, parsed: dict) -> None:
                                     f"{did_you_mean(key, sorted(names))}")
 
 
-def _merge_fragments(spec: SweepSpec, path: Path) -> tuple[dict, dict[str, Path]]:
+def _merge_fragments(spec: SweepSpec, path: Path | None) -> tuple[dict, dict[str, Path]]:
     available = available_fragments(path)
     merged: dict = {}
     owner: dict[str, str] = {}  # flattened parameter path -> fragment that defined it
@@ -292,27 +345,29 @@ def _leaf_paths(raw: dict, prefix: str = "") -> list[str]:
     return paths
 
 
-def check_against_trainable(spec: SweepSpec, parsed: dict) -> None:
-    from trainables import TRAINABLES, load
-
-    if spec.trainable not in TRAINABLES:
-        raise unknown_name("trainable", spec.trainable, "trainable", TRAINABLES)
-    module = load(spec.trainable)
-    if spec.metric not in module.METRICS:
-        raise unknown_name("metric", spec.metric, "metric", module.METRICS)
-    config_cls: type[BaseModel] = module.Config
-    try:
-        data = config_cls.model_validate({"data": spec.dataset}).data
-    except ValidationError as err:
-        raise SpecError(format_validation_error(err, config_cls, rename={"data": "dataset"})) from None
-    spec.dataset = data.model_dump(mode="json", exclude_unset=True)  # relative roots made absolute by the validator
+def check_against_trainable(spec: SweepSpec, parsed: dict, trainable: Trainable) -> None:
+    """The metric against the trainable's declared ones; with a pydantic Config, the dataset and
+    every corner of the space validated through it (a plain-dict trainable gets the DSL's checks)."""
+    if trainable.metrics is not None and spec.metric not in trainable.metrics:
+        raise unknown_name("metric", spec.metric, "metric", trainable.metrics)
     for reserved in ("epochs", "device", "checkpoint_every"):
         if reserved in parsed:
             raise SpecError(f"space.{reserved}: set by the engine from the spec; remove it from the space")
-    for corner in dsl.corners(parsed):
+    config_cls: type[BaseModel] | None = trainable.config
+    if config_cls is None:
+        return
+    takes_data = "data" in config_cls.model_fields
+    if takes_data:
         try:
-            # space.data: swept dataset fields
-            config_cls.model_validate({**corner, "data": {**spec.dataset, **corner.get("data", {})}})
+            data = config_cls.model_validate({"data": spec.dataset}).data
+        except ValidationError as err:
+            raise SpecError(format_validation_error(err, config_cls, rename={"data": "dataset"})) from None
+        spec.dataset = data.model_dump(mode="json", exclude_unset=True)  # relative roots made absolute
+    for corner in dsl.corners(parsed):
+        # space.data: swept dataset fields
+        values = {**corner, "data": {**spec.dataset, **corner.get("data", {})}} if takes_data else corner
+        try:
+            config_cls.model_validate(values)
         except ValidationError as err:
             raise SpecError(format_validation_error(err, config_cls, prefix="space.")) from None
 

@@ -31,6 +31,7 @@ PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "tricksweep.trial_id"
 STATUS_TAG = "tricksweep.status"
 ERROR_TAG = "tricksweep.error"  # one line: why a trial or sweep failed
+CODE_PATHS_TAG = "tricksweep.code_paths"  # folders user code was imported from (os.pathsep-joined), for resume
 SWEEP_TAG = "tricksweep.sweep"
 RESUMED_TAG = "tricksweep.resumed"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
@@ -296,7 +297,8 @@ class ParentRun:
             data.update(loaded.spec.model_dump(mode="json", exclude={"space", "include"}))
             resolved.write_text(yaml.safe_dump(data, sort_keys=False))
             self.log_artifact(resolved, "spec")
-        self.log_artifact(loaded.path, "spec")
+        if loaded.path is not None:  # a spec given as a dict has only the resolved one
+            self.log_artifact(loaded.path, "spec")
         for path in loaded.fragments.values():
             self.log_artifact(path, "spec/search_spaces")
 
@@ -334,12 +336,13 @@ def parent_tags(loaded: LoadedSpec, *, storage_path: str, smoke: bool) -> dict[s
         "tricksweep.repeats": str(spec.repeats),
         "tricksweep.scheduler": spec.scheduler.type,
         "tricksweep.storage_path": storage_path,
-        "tricksweep.spec_file": str(loaded.path.resolve()),
+        "tricksweep.spec_file": str(loaded.path.resolve()) if loaded.path is not None else "(a dict)",
+        CODE_PATHS_TAG: os.pathsep.join(loaded.code_paths),
         "tricksweep.smoke": str(smoke).lower(),
         "tricksweep.version": __version__,
         "tricksweep.versions": ", ".join(f"{name} {version(name)}" for name in ("ray", "torch", "mlflow")),
     }
-    if sha := git_sha(loaded.path.resolve().parent):
+    if sha := git_sha(loaded.path.resolve().parent if loaded.path is not None else Path.cwd()):
         tags["mlflow.source.git.commit"] = sha
     if spec.description:
         tags["mlflow.note.content"] = spec.description

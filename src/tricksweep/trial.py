@@ -17,6 +17,8 @@ from typing import Any
 
 from ray import tune
 
+from trainables.report import TrialInfo
+
 
 @dataclass(frozen=True)
 class ShippedFile:
@@ -32,18 +34,33 @@ class ShippedFile:
 class TrialContext:
     """What every trial needs besides its sampled config; shipped once via ``with_parameters``."""
 
-    module: str  # the trainable's import path, resolved on the driver (workers need no registry)
-    fixed: dict[str, Any]  # dataset, epochs, checkpoint cadence: the same for every trial
+    module: str  # the trainable's module, resolved on the driver (workers need no registry)
     cpus: float
     gpus: float
+    function: str | None = None  # a function trainable's name in ``module``; None: the module's train
+    code_paths: tuple[str, ...] = ()  # folders the driver imported user code from; put on the worker's sys.path
+    metric: str | None = None  # the sweep's metric, checked on the first report
+    data: dict[str, Any] = field(default_factory=dict)  # the spec's dataset
+    epochs: int = 1  # budget.max_epochs
+    checkpoint_every: int = 1
     sources: dict[str, ShippedFile] = field(default_factory=dict)  # weights files, by driver path
 
 
 class TuneReport:
     """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API."""
 
+    def __init__(self, info: TrialInfo, metric: str | None = None):
+        self.info = info
+        self._unchecked_metric = metric
+
     def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None,
                  end: str | None = None) -> None:
+        if self._unchecked_metric is not None:
+            # A trainable that declares no metrics is checked here; one line says what it reports.
+            if self._unchecked_metric not in metrics:
+                raise ValueError(f"metric '{self._unchecked_metric}' was not reported; "
+                                 f"reported: {', '.join(metrics) or '(none)'}")
+            self._unchecked_metric = None
         tune.report(
             {**metrics, "epoch": epoch, "end": end or ""},
             checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
@@ -55,23 +72,31 @@ class TuneReport:
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune's function trainable: validate the sampled config and hand it to the trainable."""
-    import importlib
+    """Tune's function trainable: the trainable imported as the driver found it, its config built
+    from the sampled one, and ``train(config, report)`` called with the engine's inputs on
+    ``report.info``."""
+    import sys
 
     import torch
 
+    from trainables.contract import load
+
+    for folder in reversed(ctx.code_paths):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
-    module = importlib.import_module(ctx.module)
+    trainable = load(f"{ctx.module}:{ctx.function}" if ctx.function else ctx.module)
     device = "cpu"
     if ctx.gpus > 0:
         # Ray set CUDA_VISIBLE_DEVICES to the GPU it assigned (shared when gpu < 1): it is cuda:0 here.
         if not torch.cuda.is_available():
             raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
         device = "cuda"
-    config = localize(config, ctx.sources)
-    data = {**ctx.fixed["data"], **config.get("data", {})}  # space.data sweeps dataset fields
-    cfg = module.Config.model_validate({**config, **ctx.fixed, "data": data, "device": device})
-    module.train(cfg, TuneReport())
+    sampled = dict(localize(config, ctx.sources))
+    seed = sampled.pop("seed", 0)
+    data = {**ctx.data, **sampled.pop("data", {})}  # space.data sweeps dataset fields
+    info = TrialInfo(epochs=ctx.epochs, seed=seed, device=device, checkpoint_every=ctx.checkpoint_every, data=data)
+    trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric))
 
 
 def localize(config: dict[str, Any], files: dict[str, ShippedFile]) -> dict[str, Any]:
