@@ -135,7 +135,8 @@ def _check_callable(train: Any, target: str) -> None:
     try:
         signature.bind(None, None)
     except TypeError:
-        raise ContractError(f"{getattr(train, '__name__', target)}{signature} cannot be called as "
+        shown = signature.replace(return_annotation=inspect.Signature.empty)
+        raise ContractError(f"{getattr(train, '__name__', target)}{shown} cannot be called as "
                             "train(config, report)") from None
 
 
