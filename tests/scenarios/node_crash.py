@@ -6,6 +6,7 @@ Usage: python node_crash.py SPEC TRACKING_URI STORAGE  -> prints one JSON line w
 
 from __future__ import annotations
 
+import atexit
 import json
 import sys
 import threading
@@ -34,6 +35,7 @@ def running_with_history(client: MlflowClient, min_epochs: int) -> int:
 
 def main(spec_path: str, uri: str, storage: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2)
     doomed = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()

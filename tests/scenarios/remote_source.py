@@ -10,6 +10,7 @@ Usage: python remote_source.py SPEC STORAGE WORKER_CACHE  -> prints one JSON lin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from tricksweep.spec import load_spec
 
 def main(spec_path: str, storage: str, worker_cache: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2, env_vars={"TRICKSWEEP_CACHE_DIR": worker_cache})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
