@@ -244,8 +244,10 @@ def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source
     worker_cache = tmp_path / "worker-cache"
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "remote_source.py"), str(spec), str(tmp_path / "runs"), str(worker_cache)],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(TESTS)}, capture_output=True, text=True,
-        timeout=300,
+        # TESTS before the caller's PYTHONPATH, not instead of it: the scenario imports the engine under test.
+        env={**os.environ, "RAY_AUTH_MODE": "disabled",
+             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
+        capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
