@@ -43,6 +43,7 @@ def test_optuna_peer_samples_valid_configs_from_the_quickstart_space():
     assert len(optimizers) >= 3
 
 
+@pytest.mark.scenario
 def test_smoke_run_produces_every_row(tmp_path: Path):
     pytest.importorskip("optuna")
     from benchmarks.run import EXPECTED_ROWS
@@ -70,6 +71,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path):
         assert f"| {id_} | {system} |" in proc.stdout
 
 
+@pytest.mark.scenario
 def test_gpu_check_runs_on_the_cpu_fallback(tmp_path: Path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -33,6 +34,7 @@ space:
 """
 
 
+@pytest.mark.scenario
 def test_worker_node_crash_loses_no_trial(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = write_spec(tmp_path, NODE_CRASH_SPEC)

@@ -100,6 +100,7 @@ def wait_for(address: str, job_id: str, timeout: float = 300) -> str:
     return status
 
 
+@pytest.mark.scenario
 def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--address", head, "--smoke",
@@ -122,6 +123,7 @@ def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, cap
     assert sorted(r.data.tags[SWEEP_TAG] for r in runs) == ["child", "child", "parent"]
 
 
+@pytest.mark.scenario
 def test_stop_a_running_job(head, tmp_path, capsys):
     job_id = jobs.submit(ROOT / "sweeps" / "tricks_digits.yaml", head, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                          storage=str(tmp_path / "runs"))
@@ -134,6 +136,7 @@ def test_stop_a_running_job(head, tmp_path, capsys):
     assert wait_for(head, job_id, timeout=120) == "STOPPED"
 
 
+@pytest.mark.scenario
 def test_unknown_job_id_is_one_line_with_exit_2(head, capsys):
     assert main(["status", "raysubmit_nope", "--address", head]) == 2
     err = capsys.readouterr().err

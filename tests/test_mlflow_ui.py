@@ -43,6 +43,8 @@ space:
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
 """
 
+pytestmark = pytest.mark.scenario  # a sweep, an mlflow server and a browser
+
 
 def _browser_tools():
     try:

@@ -54,6 +54,7 @@ def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+@pytest.mark.scenario
 @pytest.mark.parametrize("searcher", ["random", "optuna_tpe"])
 def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, write_spec
@@ -33,6 +34,7 @@ space:
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
 """
 
+pytestmark = pytest.mark.scenario  # a real mlflow server, stopped and started again mid-sweep
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:

@@ -31,6 +31,7 @@ except Exception as err:
 """
 
 
+@pytest.mark.scenario
 @pytest.mark.parametrize("attempt", range(2))
 def test_two_sweeps_creating_one_new_sqlite_store_at_once_both_start(tmp_path: Path, attempt):
     # Without the store lock MLflow migrates the new file twice at once and one side fails

@@ -233,6 +233,7 @@ def test_unresolved_sweep_source_outside_the_engine_says_so():
         train(cfg, ListReport())
 
 
+@pytest.mark.scenario
 def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source, tmp_path):
     # The source file is deleted after the Tuner is built; trials run on a node with a cache
     # folder of its own and must still load the exact weights (frozen blocks equal the source's).
