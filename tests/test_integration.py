@@ -35,9 +35,9 @@ STATUSES = {"completed", "stopped_by_asha", "early_stopped", "diverged", "failed
 
 
 @pytest.fixture(scope="module")
-def asha_run(ray_local, tmp_path_factory):
+def asha_run(ray_local, tmp_path_factory, new_store):
     folder = tmp_path_factory.mktemp("asha")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     outcome = run_sweep(
         load_spec(write_spec(folder, ASHA_SWEEP)), tracking_uri=uri, storage=str(folder / "runs"), echo=lambda _: None
     )
@@ -158,7 +158,7 @@ def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
         assert max(s["metrics"]["val_accuracy"] for s in kept) == pytest.approx(max(m.value for m in saved))
 
 
-def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, monkeypatch):
+def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, tracking_uri, monkeypatch):
     from trainables import TRAINABLES
 
     monkeypatch.setitem(TRAINABLES, "failing", "failing_trainable")
@@ -168,7 +168,7 @@ def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, mo
         "scheduler: {type: none}\nsearcher: grid\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     outcome = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 1
     client = MlflowClient(uri)

@@ -60,9 +60,9 @@ def record_sweep(uri: str, name: str, configs: int, repeats: int = 2, asha: bool
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, new_store):
     folder = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     parent = record_sweep(uri, "synthetic", configs=24)
     report = build_report(uri, "synthetic", folder / "out")
     return uri, parent, report, folder / "out"
@@ -140,8 +140,8 @@ def test_unknown_sweep_lists_the_sweeps_found(recorded, capsys):
     assert "no sweep of that name" in err and "did you mean 'synthetic'" in err and "sweeps found: synthetic" in err
 
 
-def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, tracking_uri, capsys):
+    uri = tracking_uri
     record_sweep(uri, "tiny", configs=2, repeats=1, asha=False)
     assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

@@ -23,7 +23,7 @@ def max_overlap(intervals: list[tuple[int, int]]) -> int:
 
 
 @pytest.mark.parametrize("share, expected", [(0.25, 4), (0.5, 2)])
-def test_fractional_share_packs_that_many_trials(ray_local, tmp_path: Path, share: float, expected: int):
+def test_fractional_share_packs_that_many_trials(ray_local, tmp_path: Path, tracking_uri, share: float, expected: int):
     spec = write_spec(
         tmp_path,
         f"""\
@@ -37,7 +37,7 @@ space:
   model: {{name: cnn, width: 16}}
 """,
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     outcome = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 0
     client = MlflowClient(uri)

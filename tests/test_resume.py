@@ -119,11 +119,11 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
           f"{len(resumed)} continued under their child runs marked resumed, {len(lost)} lost; 0 results lost")
 
 
-def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path):
+def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path, new_store):
     from tricksweep.tracking import MlflowTrials
 
     def callback() -> MlflowTrials:
-        return MlflowTrials(f"sqlite:///{tmp_path / 'unused.db'}", "0", "p", max_epochs=3, asha=False, time_limit_s=60)
+        return MlflowTrials(new_store(tmp_path, "unused.db"), "0", "p", max_epochs=3, asha=False, time_limit_s=60)
 
     first = callback()
     first._started_at -= 40  # 40 s into the sweep when Tune snapshots it
@@ -139,10 +139,10 @@ def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trial
     assert restored.statuses == {"t_00000": "completed"} and restored._started == {"t_00000"}
 
 
-def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tmp_path: Path, capsys):
+def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tracking_uri: str, capsys):
     from tricksweep.tracking import SweepRun
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     SweepRun(uri, "alpha").start("alpha-1", {}, {SWEEP_TAG: "parent"})
     assert main(["resume", "alpah", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
@@ -160,10 +160,10 @@ def test_unreachable_address_fails_fast_with_one_line(address: str, tmp_path: Pa
     assert not (tmp_path / "m.db").exists()
 
 
-def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved_lost(tmp_path: Path):
+def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved_lost(tracking_uri: str):
     from tricksweep.tracking import SweepRun
 
-    sweep = SweepRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "settle")
+    sweep = SweepRun(tracking_uri, "settle")
     sweep.start("settle-1", {}, {SWEEP_TAG: "parent"})
 
     def child(trial: str, **tags: str) -> str:
@@ -185,7 +185,7 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
     assert state(ended)[1] == "stopped_by_asha"
 
 
-def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, monkeypatch):
+def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, tracking_uri, monkeypatch):
     # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
     # race on a dying node): it continues from its last checkpoint in the same child run.
     from fails_once_trainable import ERROR
@@ -200,7 +200,7 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     first = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     client = MlflowClient(uri)
     [errored] = [c for c in client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")

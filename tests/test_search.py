@@ -145,8 +145,8 @@ space:
 """
 
 
-def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path, tracking_uri):
+    uri = tracking_uri
     outcome = run_sweep(load_spec(write_spec(tmp_path, TPE_SWEEP)), tracking_uri=uri, storage=str(tmp_path / "runs"),
                         echo=lambda _: None)
     assert outcome.errors == 0

@@ -59,9 +59,9 @@ def _source_sweeps(raw: object) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory) -> str:
+def smoke_store(tmp_path_factory, new_store) -> str:
     # One store for the smoke runs: transfer_digits reuses pretrain_digits' run.
-    return f"sqlite:///{tmp_path_factory.mktemp('smoke') / 'mlflow.db'}"
+    return new_store(tmp_path_factory.mktemp("smoke"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])

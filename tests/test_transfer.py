@@ -162,10 +162,10 @@ def test_torchvision_weights_without_network_is_one_clear_line(monkeypatch, tmp_
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, source) -> str:
+def store(tmp_path_factory, source, new_store) -> str:
     """An MLflow store holding a finished parent run of sweep 'pretrain', as the engine records it."""
     tmp_path = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     experiment = client.create_experiment("pretrain", artifact_location=(tmp_path / "artifacts").as_uri())
     for status in ("FINISHED", "FAILED"):  # the later, failed run must be skipped
