@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Ray 2.59+ turns token auth on once ~/.ray/auth_token exists; our local clusters don't use it.
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup quickstart test bench ui clean
+.PHONY: setup quickstart test test-fast lint browser bench ui clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +19,29 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/tricksweep run sweeps/quickstart.yaml
 
-test: setup
+# The whole suite: what CI runs (.ci/run).
+test: setup browser
 	$(BIN)/python -m pytest
 
-# Performance against the alternatives, measured side by side (README, Performance):
-# ~15 min on 2 CPUs; BENCH_ARGS=--quick for a few minutes. Writes benchmarks/results/latest.json.
+# ruff over the whole tree (config in pyproject.toml): seconds, so CI runs it first.
+lint: setup
+	$(BIN)/ruff check .
+
+# All but the multi-process scenarios (tests marked `scenario`): about 3 minutes on 2 CPUs.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not scenario"
+
+# What the tests need beyond pip: tests/test_mlflow_ui.py drives Debian's chromium through playwright
+# (no `playwright install`). Where it can't be installed, that test fails and says how; it never skips.
+CHROMIUM ?= $(or $(TRICKSWEEP_CHROMIUM),/usr/bin/chromium)
+browser:
+	@[ -x "$(CHROMIUM)" ] || { \
+	    sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	    $$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	} || echo "warning: could not install chromium; tests/test_mlflow_ui.py will fail" >&2
+
+# Performance against the alternatives, measured side by side (benchmarks/README.md):
+# ~20 min on 2 CPUs; BENCH_ARGS=--quick for a few minutes. Writes benchmarks/results/latest.json.
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

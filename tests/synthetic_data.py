@@ -58,7 +58,11 @@ def write_cifar10(root: Path, n_per_class_per_batch: int = 1) -> Path:
         }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
-    meta = {"label_names": [f"class_{c}" for c in range(CLASSES)], "num_cases_per_batch": CLASSES * n_per_class_per_batch, "num_vis": 3072}
+    meta = {
+        "label_names": [f"class_{c}" for c in range(CLASSES)],
+        "num_cases_per_batch": CLASSES * n_per_class_per_batch,
+        "num_vis": 3072,
+    }
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump(meta, f)
     return root

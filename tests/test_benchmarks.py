@@ -26,8 +26,8 @@ def test_optuna_peer_samples_valid_configs_from_the_quickstart_space():
     optuna = pytest.importorskip("optuna")
     from benchmarks.peers import suggest
     from benchmarks.run import quickstart_space
-    from tricksweep import space as dsl
     from trainables import classifier
+    from tricksweep import space as dsl
 
     parsed = dsl.parse(quickstart_space())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -43,6 +43,7 @@ def test_optuna_peer_samples_valid_configs_from_the_quickstart_space():
     assert len(optimizers) >= 3
 
 
+@pytest.mark.scenario
 def test_smoke_run_produces_every_row(tmp_path: Path):
     pytest.importorskip("optuna")
     from benchmarks.run import EXPECTED_ROWS
@@ -50,7 +51,11 @@ def test_smoke_run_produces_every_row(tmp_path: Path):
     out = tmp_path / "smoke.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -70,11 +75,16 @@ def test_smoke_run_produces_every_row(tmp_path: Path):
         assert f"| {id_} | {system} |" in proc.stdout
 
 
+@pytest.mark.scenario
 def test_gpu_check_runs_on_the_cpu_fallback(tmp_path: Path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--smoke", "--no-pack", "--out", str(out)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     data = json.loads(out.read_text())

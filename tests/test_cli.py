@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
 from tricksweep.asha import expected_epochs as asha_expected_epochs
 from tricksweep.asha import rungs as asha_rungs
 from tricksweep.cli import main
@@ -74,7 +74,7 @@ def test_error_line_is_the_exception_not_a_trailing_help_link(tmp_path: Path):
 
     error_file = tmp_path / "error.txt"
     error_file.write_text(
-        "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
         "pydantic_core._pydantic_core.ValidationError: 1 validation error for Config\n"
         "dropout\n  Input should be less than 1\n"
         "    For further information visit https://errors.pydantic.dev/2.14/v/less_than\n"

@@ -11,7 +11,6 @@ import jsonschema
 import pytest
 import ray
 import yaml
-
 from conftest import ROOT
 
 
@@ -39,7 +38,9 @@ def test_node_types_are_consistent(cluster):
 
 
 def test_every_ray_start_sets_the_auth_mode_explicitly(cluster):
-    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key] if "ray start" in c]
+    starts = [
+        c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key] if "ray start" in c
+    ]
     assert len(starts) == 2
     assert all("RAY_AUTH_MODE=" in c for c in starts)
 

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic_data
 import torch
+from conftest import write_spec
 from pydantic import ValidationError
 
-import synthetic_data
-from conftest import write_spec
-from tricksweep.cli import main
-from tricksweep.spec import load_spec
 from trainables import data
 from trainables.classifier import Config, train
 from trainables.data import DATASETS, FilesUnavailable
 from trainables.report import ListReport
+from tricksweep.cli import main
+from tricksweep.spec import load_spec
 
 
 def files_for(name: str, root: Path) -> dict:
@@ -118,7 +118,9 @@ def test_concurrent_loads_download_once(tmp_path, monkeypatch):
             synthetic_data.write_idx(Path(self.root), "MNIST")
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", fake_download)
-    options = [Config(data={"name": "mnist", "root": str(tmp_path), "download": True, "split_seed": s}).data for s in range(3)]
+    options = [
+        Config(data={"name": "mnist", "root": str(tmp_path), "download": True, "split_seed": s}).data for s in range(3)
+    ]
     errors = []
 
     def read(o):
@@ -175,7 +177,8 @@ def test_relative_roots_become_absolute_before_ray_sees_them(tmp_path, monkeypat
     assert Config(data={"name": "mnist", "root": "data/mnist"}).data.root == str(tmp_path / "data" / "mnist")
     spec = write_spec(
         tmp_path,
-        "name: s\ndataset: {name: cifar10, root: ./cifar}\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 1}\n",
+        "name: s\ndataset: {name: cifar10, root: ./cifar}\nmetric: val_accuracy\nmode: max\n"
+        "budget: {trials: 1, max_epochs: 1}\n",
     )
     assert load_spec(spec).spec.dataset == {"name": "cifar10", "root": str(tmp_path / "cifar")}
 

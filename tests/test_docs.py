@@ -7,11 +7,16 @@ import doctest
 import importlib
 
 import pytest
-
 from conftest import ROOT
 
-DOCTESTED = ["tricksweep.asha", "tricksweep.records", "tricksweep.search", "tricksweep.space", "trainables.report",
-             "trainables.contract"]
+DOCTESTED = [
+    "tricksweep.asha",
+    "tricksweep.records",
+    "tricksweep.search",
+    "tricksweep.space",
+    "trainables.report",
+    "trainables.contract",
+]
 
 
 def test_every_module_with_examples_is_doctested():

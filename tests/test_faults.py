@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import TESTS, write_spec
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from conftest import TESTS, write_spec
 from tricksweep.callbacks import MlflowTrials
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
 
@@ -34,12 +35,16 @@ space:
 """
 
 
+@pytest.mark.scenario
 def test_worker_node_crash_loses_no_trial(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = write_spec(tmp_path, NODE_CRASH_SPEC)
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "node_crash.py"), str(spec), uri, str(tmp_path / "runs")],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=420,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
@@ -52,7 +57,9 @@ def test_worker_node_crash_loses_no_trial(tmp_path: Path):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("node_crash")
     parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'")[0]
-    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+    )
     assert len({c.data.tags[TRIAL_TAG] for c in children}) == len(children) == 6
     retried = [c for c in children if int(c.data.tags.get("tricksweep.retries", "0")) >= 1]
     assert retried, "no trial was interrupted: the node died too late"
@@ -62,8 +69,10 @@ def test_worker_node_crash_loses_no_trial(tmp_path: Path):
         assert sorted(steps) == list(range(1, EPOCHS + 1)), f"{child.data.tags[TRIAL_TAG]}: {sorted(steps)}"
     # Interrupted trials continued from a checkpoint: none started over at epoch 1.
     assert all(epochs.count(1) == 1 for epochs in outcome["epochs_reported"].values()), outcome["epochs_reported"]
-    print(f"node crash: {len(retried)} trials interrupted and retried, {len(outcome['first_pass_failed'])} errored by "
-          f"Tune and resumed, 0 lost, killed at {outcome['killed_at_s']} s")
+    print(
+        f"node crash: {len(retried)} trials interrupted and retried, {len(outcome['first_pass_failed'])} errored by "
+        f"Tune and resumed, 0 lost, killed at {outcome['killed_at_s']} s"
+    )
 
 
 class _FailsToStart(tune.Trainable):
@@ -79,8 +88,13 @@ def test_a_trial_that_errors_before_it_starts_still_gets_its_child_run(ray_local
     grid = tune.Tuner(
         _FailsToStart,
         param_space={"lr": 0.1},
-        run_config=tune.RunConfig(name="never_started", storage_path=str(tmp_path / "runs"), callbacks=[tracker],
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+        run_config=tune.RunConfig(
+            name="never_started",
+            storage_path=str(tmp_path / "runs"),
+            callbacks=[tracker],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
     ).fit()
     tracker.close()
     assert grid.num_errors == 1

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import write_spec
 from failing_trainable import ERROR
+from mlflow.tracking import MlflowClient
+
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, TRIAL_TAG
@@ -35,9 +35,9 @@ STATUSES = {"completed", "stopped_by_asha", "early_stopped", "diverged", "failed
 
 
 @pytest.fixture(scope="module")
-def asha_run(ray_local, tmp_path_factory):
+def asha_run(ray_local, tmp_path_factory, new_store):
     folder = tmp_path_factory.mktemp("asha")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     outcome = run_sweep(
         load_spec(write_spec(folder, ASHA_SWEEP)), tracking_uri=uri, storage=str(folder / "runs"), echo=lambda _: None
     )
@@ -122,7 +122,8 @@ def test_parent_has_spec_leaderboard_and_best_checkpoint(asha_run):
     artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
     assert {"leaderboard.csv", "spec", "best_checkpoint"} <= artifacts
     assert {a.path for a in client.list_artifacts(outcome.parent_run_id, "best_checkpoint")} == {
-        "best_checkpoint/state.pt", "best_checkpoint/best_config.yaml"
+        "best_checkpoint/state.pt",
+        "best_checkpoint/best_config.yaml",
     }
     csv_text = Path(client.download_artifacts(outcome.parent_run_id, "leaderboard.csv")).read_text()
     assert csv_text.count("\n") == 11 and outcome.best.trial_id in csv_text.splitlines()[1]
@@ -158,18 +159,22 @@ def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
         assert max(s["metrics"]["val_accuracy"] for s in kept) == pytest.approx(max(m.value for m in saved))
 
 
-def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path):
+def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, tracking_uri):
     spec = write_spec(
         tmp_path,
-        "name: failing\ntrainable: failing_trainable\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
+        "name: failing\ntrainable: failing_trainable\nmetric: val_accuracy\nmode: max\n"
+        "budget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     outcome = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 1
     client = MlflowClient(uri)
-    children = {c.data.params["dropout"]: c for c in children_of(client.search_runs([outcome.experiment_id]), outcome.parent_run_id)}
+    children = {
+        c.data.params["dropout"]: c
+        for c in children_of(client.search_runs([outcome.experiment_id]), outcome.parent_run_id)
+    }
     assert children["0.5"].data.tags[STATUS_TAG] == "failed"
     assert children["0.5"].info.status == "FAILED"
     assert children["0.5"].data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")

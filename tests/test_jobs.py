@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, free_port
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port
 from tricksweep import jobs
 from tricksweep.cli import main
 from tricksweep.tracking import SWEEP_TAG
@@ -19,41 +19,98 @@ from tricksweep.tracking import SWEEP_TAG
 BIN = Path(sys.executable).parent
 
 
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A one-node cluster in its own process tree, stopped by PID at the end."""
     temp = tmp_path_factory.mktemp("rayhead")
-    port, dashboard = free_port(), free_port()
-    # Every port explicit: the session's other local Ray already holds the defaults (52365 for the
-    # dashboard agent among them), and a head whose agent cannot bind accepts no jobs.
-    agent_ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
-    )]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    # Ray binds every port it can pick itself (0), so none can be taken between a pick and the bind:
+    # ports picked here by bind(("127.0.0.1", 0)) and bound seconds later went to other processes or
+    # were already held on the machine's address, and the head lost its client server, runtime-env
+    # agent or raylet after its dashboard had answered: `ray start --block` then stops everything and
+    # the tests met RemoteDisconnected / Connection refused. The Ray Client server can't pick its own
+    # port; free_port() gives one outside the ephemeral range. The defaults (6379, 8265, 52365, 44217,
+    # 44227, workers on 10002-19999) are what another local Ray on this machine holds.
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "AUTOSCALER_METRIC_PORT": "0",
+        "DASHBOARD_METRIC_PORT": "0",
+    }
+    log = (temp / "ray-start.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp}", "--disable-usage-stats", *agent_ports],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--port=0",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--dashboard-port=0",
+            "--dashboard-agent-listen-port=0",
+            f"--ray-client-server-port={free_port()}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            jobs.connect(address).list_jobs()
-            break
-        except Exception:
-            assert proc.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the dashboard did not come up"
-            time.sleep(1)
-    yield address
-    proc.terminate()
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        address = _wait_until_ready(proc, temp)
+        yield address
+        assert proc.poll() is None, f"the head died during the tests: {_head_logs(temp)}"
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
+
+
+def _wait_until_ready(proc: subprocess.Popen, temp: Path, timeout: float = 180) -> str:
+    """The dashboard's address, once the head has run a job: dashboard, job manager, dashboard
+    agent, runtime-env agent and a worker all up (a dashboard that answers may have no agent yet)."""
+    from ray._raylet import GcsClient
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    address = probe = last = None
+    while True:
+        assert proc.poll() is None, f"ray start --head exited ({proc.returncode}): {_head_logs(temp)}"
+        assert time.monotonic() < deadline, f"the head was not ready in {timeout:g} s ({last!r}): {_head_logs(temp)}"
+        status = None
+        try:
+            if address is None and (temp / "ray_current_cluster").exists():  # written once the head runs
+                gcs = GcsClient(address=(temp / "ray_current_cluster").read_text().strip())
+                url = gcs.internal_kv_get(b"webui:url", b"dashboard")  # the port the dashboard bound
+                address = f"http://{url.decode()}" if url else None
+            if address is not None:
+                client = JobSubmissionClient(address)
+                probe = probe or client.submit_job(entrypoint="python -c pass")  # 'No available agent' at first
+                status = str(client.get_job_status(probe))
+        except Exception as err:  # noqa: BLE001 - not up yet: retried until the deadline
+            last = err
+        if status in ("FAILED", "STOPPED"):
+            raise AssertionError(f"the head's probe job {status}: {client.get_job_logs(probe)[-2000:]}")
+        if status == "SUCCEEDED":
+            return address
+        time.sleep(1)
+
+
+def _head_logs(temp: Path) -> str:
+    """What `ray start` printed and which of its processes exited, for a failure message."""
+    text = (temp / "ray-start.log").read_text()[-3000:] if (temp / "ray-start.log").exists() else ""
+    exits = "".join(p.read_text()[-2000:] for p in temp.glob("session_*/logs/ray_process_exit.log"))
+    return f"{text}\n{exits}".strip() or "(no output)"
 
 
 def wait_for(address: str, job_id: str, timeout: float = 300) -> str:
@@ -64,10 +121,22 @@ def wait_for(address: str, job_id: str, timeout: float = 300) -> str:
     return status
 
 
+@pytest.mark.scenario
 def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--address", head, "--smoke",
-                 "--tracking-uri", uri, "--storage", str(tmp_path / "runs")])
+    code = main(
+        [
+            "submit",
+            str(ROOT / "sweeps" / "quickstart.yaml"),
+            "--address",
+            head,
+            "--smoke",
+            "--tracking-uri",
+            uri,
+            "--storage",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 0
     job_id = capsys.readouterr().out.strip()
     assert wait_for(head, job_id) == "SUCCEEDED", jobs.logs(job_id, head)[-3000:]
@@ -86,9 +155,14 @@ def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, cap
     assert sorted(r.data.tags[SWEEP_TAG] for r in runs) == ["child", "child", "parent"]
 
 
+@pytest.mark.scenario
 def test_stop_a_running_job(head, tmp_path, capsys):
-    job_id = jobs.submit(ROOT / "sweeps" / "tricks_digits.yaml", head, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                         storage=str(tmp_path / "runs"))
+    job_id = jobs.submit(
+        ROOT / "sweeps" / "tricks_digits.yaml",
+        head,
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        storage=str(tmp_path / "runs"),
+    )
     deadline = time.monotonic() + 120
     while str(jobs.info(job_id, head).status) == "PENDING":
         assert time.monotonic() < deadline
@@ -98,6 +172,7 @@ def test_stop_a_running_job(head, tmp_path, capsys):
     assert wait_for(head, job_id, timeout=120) == "STOPPED"
 
 
+@pytest.mark.scenario
 def test_unknown_job_id_is_one_line_with_exit_2(head, capsys):
     assert main(["status", "raysubmit_nope", "--address", head]) == 2
     err = capsys.readouterr().err
@@ -106,7 +181,9 @@ def test_unknown_job_id_is_one_line_with_exit_2(head, capsys):
 
 def test_unreachable_dashboard_fails_fast(capsys):
     started = time.monotonic()
-    assert main(["submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--address", f"http://127.0.0.1:{free_port()}"]) == 2
+    assert (
+        main(["submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--address", f"http://127.0.0.1:{free_port()}"]) == 2
+    )
     assert time.monotonic() - started < 10
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no Ray dashboard answers there" in err

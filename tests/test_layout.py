@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PACKAGE = ROOT / "src" / "tricksweep"
@@ -47,7 +46,9 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "tricksweep" else [])
+            names = [node.module] + (
+                [f"{node.module}.{a.name}" for a in node.names] if node.module == "tricksweep" else []
+            )
         else:
             continue
         for name in names:

@@ -18,15 +18,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, free_port, write_spec
+
 from tricksweep.report import build_report
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 
 CHROMIUM = os.environ.get("TRICKSWEEP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = ROOT / "test-artifacts"
 SWEEP = """\
 name: ui_sweep
@@ -43,6 +49,8 @@ space:
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
 """
 
+pytestmark = pytest.mark.scenario  # a sweep, an mlflow server and a browser
+
 
 def _browser_tools():
     try:
@@ -50,10 +58,12 @@ def _browser_tools():
     except ImportError:
         pytest.fail("the MLflow UI test needs PyPI's playwright: pip install -e '.[test]'", pytrace=False)
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(f"the MLflow UI test needs Chromium at {CHROMIUM}: apt-get update && apt-get install -y chromium "
-                    "(or set TRICKSWEEP_CHROMIUM)", pytrace=False)
+        pytest.fail(
+            f"the MLflow UI test needs Chromium at {CHROMIUM}: apt-get update && apt-get install -y chromium "
+            "(or set TRICKSWEEP_CHROMIUM)",
+            pytrace=False,
+        )
     return sync_playwright
-
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +71,30 @@ def server(ray_local, tmp_path_factory):
     sync_playwright = _browser_tools()  # fail before spending a sweep on it
     folder = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    outcome = run_sweep(load_spec(write_spec(folder, SWEEP)), tracking_uri=uri, storage=str(folder / "runs"), echo=lambda _: None)
+    outcome = run_sweep(
+        load_spec(write_spec(folder, SWEEP)), tracking_uri=uri, storage=str(folder / "runs"), echo=lambda _: None
+    )
     report = build_report(uri, "ui_sweep", folder / "report")
     assert {"learning_curves", "asha_rungs"} <= set(report.plots), report.plot_errors
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = (folder / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", uri],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(mlflow),
+            "server",
+            "--workers",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            uri,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -108,7 +133,9 @@ def test_sweep_in_the_mlflow_ui(server):
             parent_name = _parent_run_name(outcome)
             parent = page.get_by_role("link", name=parent_name, exact=True)
             parent.wait_for()
-            page.locator("[role=gridcell]", has=parent).locator("button[data-component-id*='runnamecellrenderer']").click()
+            page.locator("[role=gridcell]", has=parent).locator(
+                "button[data-component-id*='runnamecellrenderer']"
+            ).click()
             children = page.get_by_role("link", name="trial-")
             children.first.wait_for()
             assert children.count() == len(outcome.trials) == 6

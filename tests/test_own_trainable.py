@@ -67,8 +67,9 @@ def test_a_module_with_a_config_is_swept_through_the_cli(ray_local, project: Pat
     uri = f"sqlite:///{project / 'mlflow.db'}"
     assert main(["run", "sweeps/module.yaml", "--tracking-uri", uri, "--no-report"]) == 0
     client = MlflowClient(uri)
-    [parent] = client.search_runs([client.get_experiment_by_name("own_module").experiment_id],
-                                  filter_string="tags.`tricksweep.sweep` = 'parent'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("own_module").experiment_id], filter_string="tags.`tricksweep.sweep` = 'parent'"
+    )
     assert parent.data.tags["tricksweep.trainable"] == "own_mlp.configured"
     assert str(project / "sweeps") in parent.data.tags["tricksweep.code_paths"].split(os.pathsep)
     children = client.search_runs([parent.info.experiment_id], filter_string="tags.`tricksweep.sweep` = 'child'")
@@ -137,9 +138,15 @@ def test_a_metric_a_function_never_reports_fails_its_trial_at_the_first_report(r
     from tricksweep import run_sweep
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    spec = {"name": "no_such_metric", "trainable": "own_mlp.fit:fit", "metric": "accuracy", "mode": "max",
-            "budget": {"trials": 1, "max_epochs": 1}, "scheduler": {"type": "none"},
-            "space": {"hidden": 8, "lr": 0.1}}
+    spec = {
+        "name": "no_such_metric",
+        "trainable": "own_mlp.fit:fit",
+        "metric": "accuracy",
+        "mode": "max",
+        "budget": {"trials": 1, "max_epochs": 1},
+        "scheduler": {"type": "none"},
+        "space": {"hidden": 8, "lr": 0.1},
+    }
     outcome = run_sweep(spec, tracking_uri=uri, echo=lambda _: None)  # a dict: looked up from the cwd
     assert outcome.errors == 1 and [t.status for t in outcome.trials] == ["failed"]
     client = MlflowClient(uri)
@@ -158,15 +165,24 @@ BROKEN = {
 }
 BAD_TRAINABLES = [
     ("no_such_pkg.train", r"trainable = 'no_such_pkg.train': no module named 'no_such_pkg' in .*own_trainable"),
-    ("own_mlp.fit:fitt", r"trainable = 'own_mlp.fit:fitt': module 'own_mlp.fit' has no attribute 'fitt' "
-                         r"\(did you mean 'fit'\?\)"),
+    (
+        "own_mlp.fit:fitt",
+        r"trainable = 'own_mlp.fit:fitt': module 'own_mlp.fit' has no attribute 'fitt' "
+        r"\(did you mean 'fit'\?\)",
+    ),
     ("own_mlp", r"trainable = 'own_mlp': module 'own_mlp' has no function train\(config, report\)"),
     ("no_train", r"trainable = 'no_train': module 'no_train' has no function train\(config, report\)"),
     ("one_arg", r"trainable = 'one_arg': train\(config\) cannot be called as train\(config, report\)"),
-    ("own_mlp.fit:train_mlp", r"trainable = 'own_mlp.fit:train_mlp': train_mlp\(\*, hidden: 'int', lr: 'float', "
-                              r"momentum: 'float', report\) cannot be called as train\(config, report\)"),
-    ("bad_import", r"trainable = 'bad_import': importing 'bad_import' failed: ModuleNotFoundError: "
-                   r"No module named 'no_such_dependency_xyz'"),
+    (
+        "own_mlp.fit:train_mlp",
+        r"trainable = 'own_mlp.fit:train_mlp': train_mlp\(\*, hidden: 'int', lr: 'float', "
+        r"momentum: 'float', report\) cannot be called as train\(config, report\)",
+    ),
+    (
+        "bad_import",
+        r"trainable = 'bad_import': importing 'bad_import' failed: ModuleNotFoundError: "
+        r"No module named 'no_such_dependency_xyz'",
+    ),
     ("not_a_model", r"trainable = 'not_a_model': not_a_model.Config is a type, not a pydantic model"),
     ("own_mlp.fit:", r"trainable = 'own_mlp.fit:': expected 'package.module' or 'package.module:function'"),
     ("clasifier", r"trainable = 'clasifier': unknown trainable \(did you mean 'classifier'\?\); registered: "),
@@ -180,8 +196,12 @@ def test_user_code_that_does_not_meet_the_contract_fails_in_one_line(trainable, 
     ray_was_up = ray.is_initialized()
     for name, text in BROKEN.items():
         (project / name).write_text(text)
-    spec = write_spec(project / "sweeps", f"name: broken\ntrainable: {trainable!r}\nmetric: val_accuracy\n"
-                      "mode: max\nbudget: {trials: 1, max_epochs: 1}\n", "broken.yaml")
+    spec = write_spec(
+        project / "sweeps",
+        f"name: broken\ntrainable: {trainable!r}\nmetric: val_accuracy\n"
+        "mode: max\nbudget: {trials: 1, max_epochs: 1}\n",
+        "broken.yaml",
+    )
     for command in ("validate", "run"):
         assert main([command, str(spec)]) == 2
         err = capsys.readouterr().err.strip()
@@ -191,7 +211,7 @@ def test_user_code_that_does_not_meet_the_contract_fails_in_one_line(trainable, 
 
 def test_the_readme_example_runs(ray_local, project: Path):
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Your own model, data and training code"):readme.index("## On a Ray cluster")]
+    section = readme[readme.index("## Your own model, data and training code") : readme.index("## On a Ray cluster")]
     [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example, run as a user would

@@ -17,11 +17,23 @@ from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 CLAIMS = [
     {"claim": "batch norm helps", "param": "batch_norm", "treatment": [True], "control": [False], "expect": "higher"},
     {"claim": "dropout helps", "param": "dropout", "treatment": [0.5], "control": [0.0], "expect": "higher"},
-    {"claim": "adam is faster", "param": "optimizer.name", "treatment": ["adam"], "control": ["sgd"],
-     "measure": "val_accuracy@1", "expect": "higher"},
+    {
+        "claim": "adam is faster",
+        "param": "optimizer.name",
+        "treatment": ["adam"],
+        "control": ["sgd"],
+        "measure": "val_accuracy@1",
+        "expect": "higher",
+    },
     {"claim": "batch norm hurts", "param": "batch_norm", "treatment": [True], "control": [False], "expect": "lower"},
-    {"claim": "batch norm helps (unadjusted)", "param": "batch_norm", "treatment": [True], "control": [False],
-     "expect": "higher", "adjust": False},
+    {
+        "claim": "batch norm helps (unadjusted)",
+        "param": "batch_norm",
+        "treatment": [True],
+        "control": [False],
+        "expect": "higher",
+        "adjust": False,
+    },
 ]
 
 
@@ -31,38 +43,59 @@ def record_sweep(uri: str, name: str, configs: int, repeats: int = 2, asha: bool
     rng = random.Random(seed)
     client = MlflowClient(uri)
     experiment = client.create_experiment(name)
-    spec = {"name": name, "metric": "val_accuracy", "mode": "max", "budget": {"trials": configs, "max_epochs": 9},
-            "scheduler": {"type": "asha", "grace_epochs": 1, "reduction_factor": 3} if asha else {"type": "none"},
-            "repeats": repeats, "claims": CLAIMS}
+    spec = {
+        "name": name,
+        "metric": "val_accuracy",
+        "mode": "max",
+        "budget": {"trials": configs, "max_epochs": 9},
+        "scheduler": {"type": "asha", "grace_epochs": 1, "reduction_factor": 3} if asha else {"type": "none"},
+        "repeats": repeats,
+        "claims": CLAIMS,
+    }
     parent = client.create_run(experiment, run_name=f"{name}-parent", tags={SWEEP_TAG: "parent"}).info.run_id
     spec_file = Path(client.get_run(parent).info.artifact_uri.removeprefix("file://")) / "spec"
     spec_file.mkdir(parents=True)
     (spec_file / "resolved_spec.yaml").write_text(yaml.safe_dump(spec))
     for c in range(configs):
-        params = {"batch_norm": c % 2 == 0, "dropout": [0.0, 0.5][(c // 2) % 2], "optimizer.name": ["adam", "sgd"][(c // 4) % 2],
-                  "optimizer.lr": 10 ** rng.uniform(-4, -1)}
+        params = {
+            "batch_norm": c % 2 == 0,
+            "dropout": [0.0, 0.5][(c // 2) % 2],
+            "optimizer.name": ["adam", "sgd"][(c // 4) % 2],
+            "optimizer.lr": 10 ** rng.uniform(-4, -1),
+        }
         base = 0.6 + (0.10 if params["batch_norm"] else 0.0)
         for r in range(repeats):
             epochs = 9 if not asha or c % 3 == 0 else [1, 3][c % 2]
             status = "completed" if epochs == 9 else "stopped_by_asha"
-            run = client.create_run(experiment, run_name=f"trial-{c * repeats + r:05d}",
-                                    tags={PARENT_TAG: parent, TRIAL_TAG: f"t{c}_{r}", SWEEP_TAG: "child"}).info.run_id
+            run = client.create_run(
+                experiment,
+                run_name=f"trial-{c * repeats + r:05d}",
+                tags={PARENT_TAG: parent, TRIAL_TAG: f"t{c}_{r}", SWEEP_TAG: "child"},
+            ).info.run_id
             metrics = []
             for e in range(1, epochs + 1):
                 speed = 0.9 if params["optimizer.name"] == "adam" else 0.75
                 acc = base * (1 - (1 - speed) ** e) + rng.gauss(0, 0.01)
-                metrics += [Metric("val_accuracy", acc, 0, e), Metric("train_loss", 1.0 / e, 0, e), Metric("val_loss", 1.2 / e + 0.02 * e, 0, e)]
-            client.log_batch(run, metrics=metrics, params=[Param(k, "null" if v is None else str(v)) for k, v in {**params, "seed": r}.items()],
-                             tags=[RunTag(STATUS_TAG, status), RunTag("tricksweep.epochs", str(epochs))])
+                metrics += [
+                    Metric("val_accuracy", acc, 0, e),
+                    Metric("train_loss", 1.0 / e, 0, e),
+                    Metric("val_loss", 1.2 / e + 0.02 * e, 0, e),
+                ]
+            client.log_batch(
+                run,
+                metrics=metrics,
+                params=[Param(k, "null" if v is None else str(v)) for k, v in {**params, "seed": r}.items()],
+                tags=[RunTag(STATUS_TAG, status), RunTag("tricksweep.epochs", str(epochs))],
+            )
             client.set_terminated(run)
     client.set_terminated(parent)
     return parent
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
+def recorded(tmp_path_factory, new_store):
     folder = tmp_path_factory.mktemp("report")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_store(folder)
     parent = record_sweep(uri, "synthetic", configs=24)
     report = build_report(uri, "synthetic", folder / "out")
     return uri, parent, report, folder / "out"
@@ -84,14 +117,17 @@ def test_effects_find_the_planted_effect_and_no_effect_where_there_is_none(recor
     _, _, report, _ = recorded
     lines = effect_lines(report.effects, "val_accuracy")
     bn = next(line for line in lines if line.startswith("batch_norm="))
-    assert ("batch_norm=True: +" in bn and bn.endswith("helps (vs the other option)")) or \
-           ("batch_norm=False: -" in bn and "hurts" in bn), bn
+    assert ("batch_norm=True: +" in bn and bn.endswith("helps (vs the other option)")) or (
+        "batch_norm=False: -" in bn and "hurts" in bn
+    ), bn
     bn_effect = next(e for e in report.effects if e.trick == "batch_norm" and e.option == "True")
     # ASHA sweep: compared at the first rung (epoch 1), where batch norm is worth 0.1 x Adam's/SGD's progress.
     assert 0.05 < bn_effect.diff < 0.1 and bn_effect.diff_ci[0] > 0
     dropout = next(line for line in lines if line.startswith("dropout="))
     assert "no detectable effect" in dropout
-    assert any(e.trick == "optimizer.lr" and e.option.startswith("<") for e in report.effects)  # a continuous trick: in bins
+    assert any(
+        e.trick == "optimizer.lr" and e.option.startswith("<") for e in report.effects
+    )  # a continuous trick: in bins
     assert "first ASHA rung" in report.effects_note
 
 
@@ -100,8 +136,13 @@ def test_importance_and_claims(recorded):
     assert set(report.importance) >= {"batch_norm", "optimizer.name"}
     assert max(report.importance, key=report.importance.get) in ("optimizer.name", "batch_norm")
     verdicts = {c.claim: c.verdict for c in report.claims}
-    assert verdicts == {"batch norm helps": "supported", "dropout helps": "inconclusive", "adam is faster": "supported",
-                        "batch norm hurts": "not supported", "batch norm helps (unadjusted)": "supported"}
+    assert verdicts == {
+        "batch norm helps": "supported",
+        "dropout helps": "inconclusive",
+        "adam is faster": "supported",
+        "batch norm hurts": "not supported",
+        "batch norm helps (unadjusted)": "supported",
+    }
     assert "pts [" in report.claims[0].measured()
     # The other tricks as covariates take their noise out (here: the optimizer's speed at epoch 1).
     adjusted, plain = report.claims[0], report.claims[4]
@@ -121,7 +162,10 @@ def test_plots_and_html_are_files_and_parent_artifacts(recorded):
     client = MlflowClient(uri)
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.html", "report/leaderboard.csv", "report/effects.csv", "report/plots"} <= logged
-    assert {a.path for a in client.list_artifacts(parent, "report/plots")} >= {"report/plots/effects.png", "report/plots/asha_rungs.png"}
+    assert {a.path for a in client.list_artifacts(parent, "report/plots")} >= {
+        "report/plots/effects.png",
+        "report/plots/asha_rungs.png",
+    }
 
 
 def test_cli_report_prints_tables_and_writes_the_folder(recorded, tmp_path, capsys):
@@ -140,8 +184,8 @@ def test_unknown_sweep_lists_the_sweeps_found(recorded, capsys):
     assert "no sweep of that name" in err and "did you mean 'synthetic'" in err and "sweeps found: synthetic" in err
 
 
-def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_few_trials_still_give_a_leaderboard_but_no_effects(tmp_path, tracking_uri, capsys):
+    uri = tracking_uri
     record_sweep(uri, "tiny", configs=2, repeats=1, asha=False)
     assert main(["report", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import write_spec
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG
@@ -23,7 +23,7 @@ def max_overlap(intervals: list[tuple[int, int]]) -> int:
 
 
 @pytest.mark.parametrize("share, expected", [(0.25, 4), (0.5, 2)])
-def test_fractional_share_packs_that_many_trials(ray_local, tmp_path: Path, share: float, expected: int):
+def test_fractional_share_packs_that_many_trials(ray_local, tmp_path: Path, tracking_uri, share: float, expected: int):
     spec = write_spec(
         tmp_path,
         f"""\
@@ -37,11 +37,13 @@ space:
   model: {{name: cnn, width: 16}}
 """,
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     outcome = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     assert outcome.errors == 0
     client = MlflowClient(uri)
-    children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    children = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'"
+    )
     intervals = [(c.info.start_time, c.info.end_time) for c in children]
     # CPUs alone would allow 8 at once (0.25 each on 2); the 1.0 'accel' allows 1/share.
     assert max_overlap(intervals) == expected

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import write_spec
 from tricksweep.cli import main
 from tricksweep.tracking import PARENT_TAG, RESUMED_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
 
@@ -49,11 +49,14 @@ def mid_run(runs: list) -> list:
 
 def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
     return {
-        r.data.tags[TRIAL_TAG]: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_accuracy"))
+        r.data.tags[TRIAL_TAG]: sorted(
+            (m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_accuracy")
+        )
         for r in runs
     }
 
 
+@pytest.mark.scenario
 @pytest.mark.parametrize("searcher", ["random", "optuna_tpe"])
 def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -64,7 +67,11 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 240
     # Kill once two trials have finished and another is part-way, its epochs already in MLflow.
@@ -83,7 +90,12 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     trial_dirs = [p.name for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
 
     done = subprocess.run(
-        [TRICKSWEEP, "resume", "crashy", "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [TRICKSWEEP, "resume", "crashy", "--tracking-uri", uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming sweep crashy" in done.stdout
@@ -114,15 +126,17 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     resumed = {r.data.tags[TRIAL_TAG] for r in runs if r.data.tags.get(RESUMED_TAG) == "true"}
     assert resumed
     assert all(any(trial in name for name in trial_dirs) for trial in resumed), "only trials started before the kill"
-    print(f"driver crash: {len(before)} trials finished before the kill, {len(interrupted)} part-way in MLflow, "
-          f"{len(resumed)} continued under their child runs marked resumed, {len(lost)} lost; 0 results lost")
+    print(
+        f"driver crash: {len(before)} trials finished before the kill, {len(interrupted)} part-way in MLflow, "
+        f"{len(resumed)} continued under their child runs marked resumed, {len(lost)} lost; 0 results lost"
+    )
 
 
-def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path):
+def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trials(tmp_path: Path, new_store):
     from tricksweep.callbacks import MlflowTrials
 
     def callback() -> MlflowTrials:
-        return MlflowTrials(f"sqlite:///{tmp_path / 'unused.db'}", "0", "p", max_epochs=3, asha=False, time_limit_s=60)
+        return MlflowTrials(new_store(tmp_path, "unused.db"), "0", "p", max_epochs=3, asha=False, time_limit_s=60)
 
     first = callback()
     first._started_at -= 40  # 40 s into the sweep when Tune snapshots it
@@ -138,14 +152,18 @@ def test_a_restored_tracking_callback_keeps_its_clock_statuses_and_started_trial
     assert restored.statuses == {"t_00000": "completed"} and restored._started == {"t_00000"}
 
 
-def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tmp_path: Path, capsys):
+def test_resume_of_an_unknown_sweep_lists_the_sweeps_found(tracking_uri: str, capsys):
     from tricksweep.tracking import ParentRun
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     ParentRun(uri, "alpha").start("alpha-1", {}, {SWEEP_TAG: "parent"})
     assert main(["resume", "alpah", "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert "sweep = 'alpah': no sweep of that name" in err and "did you mean 'alpha'" in err and "sweeps found: alpha" in err
+    assert (
+        "sweep = 'alpah': no sweep of that name" in err
+        and "did you mean 'alpha'" in err
+        and "sweeps found: alpha" in err
+    )
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:1", "not-an-address"])
@@ -159,10 +177,10 @@ def test_unreachable_address_fails_fast_with_one_line(address: str, tmp_path: Pa
     assert not (tmp_path / "m.db").exists()
 
 
-def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved_lost(tmp_path: Path):
+def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved_lost(tracking_uri: str):
     from tricksweep.tracking import ParentRun
 
-    sweep = ParentRun(f"sqlite:///{tmp_path / 'mlflow.db'}", "settle")
+    sweep = ParentRun(tracking_uri, "settle")
     sweep.start("settle-1", {}, {SWEEP_TAG: "parent"})
 
     def child(trial: str, **tags: str) -> str:
@@ -184,24 +202,29 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
     assert state(ended)[1] == "stopped_by_asha"
 
 
-def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path):
+def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, tracking_uri):
     # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
     # race on a dying node): it continues from its last checkpoint in the same child run.
     from fails_once_trainable import ERROR
+
     from tricksweep.runner import resume_sweep, run_sweep
     from tricksweep.spec import load_spec
 
     spec = write_spec(
         tmp_path,
-        "name: fails_once\ntrainable: fails_once_trainable\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 3}\n"
+        "name: fails_once\ntrainable: fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
+        "budget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     first = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
     client = MlflowClient(uri)
-    [errored] = [c for c in client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
-                 if c.data.tags[STATUS_TAG] == "failed"]
+    [errored] = [
+        c
+        for c in client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
+        if c.data.tags[STATUS_TAG] == "failed"
+    ]
     assert first.errors == 1 and errored.data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")
     assert "fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import write_spec
 from tricksweep import space as dsl
 from tricksweep.errors import SpecError
 from tricksweep.runner import run_sweep
@@ -16,10 +16,12 @@ from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG
 
 SPACE = {
-    "optimizer": {"choice": [
-        {"name": "adam", "lr": {"loguniform": [1.0e-4, 1.0e-2]}},
-        {"name": "sgd_momentum", "lr": {"loguniform": [1.0e-3, 0.2]}, "momentum": {"uniform": [0.8, 0.99]}},
-    ]},
+    "optimizer": {
+        "choice": [
+            {"name": "adam", "lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+            {"name": "sgd_momentum", "lr": {"loguniform": [1.0e-3, 0.2]}, "momentum": {"uniform": [0.8, 0.99]}},
+        ]
+    },
     "init": {"choice": ["xavier", "he"]},
     "batch_norm": {"choice": [False, True]},
     "model": {"name": "mlp", "width": {"int": [8, 16]}, "depth": 1},
@@ -60,7 +62,9 @@ def test_seeded_sampling_repeats():
 
 @pytest.mark.parametrize("searcher,repeats", [("optuna_tpe", 1), ("random", 2)])
 def test_grid_values_rejected_where_optuna_samples(tmp_path, searcher, repeats):
-    path = write_spec(tmp_path, f"""\
+    path = write_spec(
+        tmp_path,
+        f"""\
 name: s
 metric: val_accuracy
 mode: max
@@ -69,29 +73,44 @@ searcher: {searcher}
 repeats: {repeats}
 space:
   batch_norm: {{grid: [false, true]}}
-""")
+""",
+    )
     with pytest.raises(SpecError, match=r"space\.batch_norm\.grid: searcher .* cannot enumerate grid values"):
         load_spec(path)
 
 
 def test_grid_searcher_still_rejects_continuous_ranges(tmp_path):
-    path = write_spec(tmp_path, "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
-                                "searcher: grid\nrepeats: 2\nspace:\n  dropout: {uniform: [0.0, 0.5]}\n")
+    path = write_spec(
+        tmp_path,
+        "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
+        "searcher: grid\nrepeats: 2\nspace:\n  dropout: {uniform: [0.0, 0.5]}\n",
+    )
     with pytest.raises(SpecError, match="cannot enumerate a continuous"):
         load_spec(path)
 
 
 def test_claims_name_parameters_of_the_space(tmp_path):
-    path = write_spec(tmp_path, "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
-                                "space:\n  batch_norm: {choice: [false, true]}\n"
-                                "claims:\n  - {claim: bn helps, param: batchnorm, treatment: [true], control: [false], expect: higher}\n")
-    with pytest.raises(SpecError, match=r"claims\[0\]\.param = 'batchnorm': not a parameter.*did you mean 'batch_norm'"):
+    path = write_spec(
+        tmp_path,
+        "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2}\n"
+        "space:\n  batch_norm: {choice: [false, true]}\n"
+        "claims:\n  - {claim: bn helps, param: batchnorm, treatment: [true], control: [false], expect: higher}\n",
+    )
+    with pytest.raises(
+        SpecError, match=r"claims\[0\]\.param = 'batchnorm': not a parameter.*did you mean 'batch_norm'"
+    ):
         load_spec(path)
 
 
 def _searcher(repeats: int) -> OptunaRepeats:
-    s = OptunaRepeats(dsl.parse(SPACE), sampler="tpe", seed=0, seeds=repeat_seeds(0, repeats) if repeats > 1 else None,
-                      max_epochs=6, max_total_epochs=None)
+    s = OptunaRepeats(
+        dsl.parse(SPACE),
+        sampler="tpe",
+        seed=0,
+        seeds=repeat_seeds(0, repeats) if repeats > 1 else None,
+        max_epochs=6,
+        max_total_epochs=None,
+    )
     s.set_search_properties("val_accuracy", "max", {})
     return s
 
@@ -145,17 +164,23 @@ space:
 """
 
 
-def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    outcome = run_sweep(load_spec(write_spec(tmp_path, TPE_SWEEP)), tracking_uri=uri, storage=str(tmp_path / "runs"),
-                        echo=lambda _: None)
+def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path, tracking_uri):
+    uri = tracking_uri
+    outcome = run_sweep(
+        load_spec(write_spec(tmp_path, TPE_SWEEP)),
+        tracking_uri=uri,
+        storage=str(tmp_path / "runs"),
+        echo=lambda _: None,
+    )
     assert outcome.errors == 0
     # 9 epochs = 3 trials of 3. The budget is checked before each new trial; the 2 running and the 1
     # queued when it ran out still finish: 5 trials at most, not the 8 of trials x repeats.
     assert 3 <= len(outcome.trials) <= 5
     assert sum(r.epochs for r in outcome.trials) >= 9
     client = MlflowClient(uri)
-    children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    children = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'"
+    )
     by_config: dict[str, list[str]] = {}
     for child in children:
         params = dict(child.data.params)
@@ -172,8 +197,10 @@ def test_grid_repeats_are_one_more_grid_axis_and_random_keeps_ray_sampling(tmp_p
     from tricksweep.search import build as build_search
     from tricksweep.searchers import BudgetedVariants
 
-    text = ("name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2, max_total_epochs: 5}\n"
-            "searcher: SEARCHER\nrepeats: REPEATS\nspace:\n  batch_norm: {choice: [false, true]}\n")
+    text = (
+        "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 2, max_total_epochs: 5}\n"
+        "searcher: SEARCHER\nrepeats: REPEATS\nspace:\n  batch_norm: {choice: [false, true]}\n"
+    )
     grid = load_spec(write_spec(tmp_path, text.replace("SEARCHER", "grid").replace("REPEATS", "3")))
     assert grid.trials_total == 6
     search_alg, num_samples, space = build_search(grid.space, grid.spec)
@@ -214,12 +241,19 @@ def test_every_registered_searcher_runs_a_conditional_space(name, ray_local, tmp
     from tricksweep import search
 
     entry = search.SEARCHERS[name]
-    data = {"name": "contract", "metric": "val_accuracy", "mode": "max", "searcher": name,
-            "budget": {"trials": 1 if entry.enumerates_ranges else 4, "max_epochs": 2}, "space": _contract_space(entry.continuous)}
+    data = {
+        "name": "contract",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "searcher": name,
+        "budget": {"trials": 1 if entry.enumerates_ranges else 4, "max_epochs": 2},
+        "space": _contract_space(entry.continuous),
+    }
     loaded = load_spec(write_spec(tmp_path, yaml.safe_dump(data)))
     search_alg, num_samples, param_space = search.build(loaded.space, loaded.spec)
     tuner = tune.Tuner(
-        _score, param_space=param_space,
+        _score,
+        param_space=param_space,
         tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=num_samples),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name=name, verbose=0),
     )
@@ -239,5 +273,7 @@ def test_every_registered_searcher_runs_a_conditional_space(name, ray_local, tmp
 
 def test_a_spec_naming_an_unknown_searcher_is_told_the_registered_ones(tmp_path):
     text = "name: s\nmetric: val_accuracy\nmode: max\nbudget: {trials: 1, max_epochs: 1}\nsearcher: gird\n"
-    with pytest.raises(SpecError, match=r"searcher = 'gird': unknown searcher \(did you mean 'grid'\?\); valid: random, grid"):
+    with pytest.raises(
+        SpecError, match=r"searcher = 'gird': unknown searcher \(did you mean 'grid'\?\); valid: random, grid"
+    ):
         load_spec(write_spec(tmp_path, text))

@@ -59,7 +59,11 @@ def test_same_seed_same_configs_other_seed_other_configs():
 
 
 def test_grid_values_expand_and_are_counted():
-    raw = {"batch_norm": {"grid": [False, True]}, "dropout": {"grid": [0.0, 0.2, 0.4]}, "init": {"choice": ["he", "xavier"]}}
+    raw = {
+        "batch_norm": {"grid": [False, True]},
+        "dropout": {"grid": [0.0, 0.2, 0.4]},
+        "init": {"choice": ["he", "xavier"]},
+    }
     parsed = dsl.parse(raw)
     assert dsl.grid_points(parsed) == 6
     configs = sample(raw, 1)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from tricksweep.cli import main
 
 BASE = """\
@@ -45,12 +45,18 @@ def check(project: Path, text: str, capsys, *expected: str, command: str = "vali
 CASES = {
     "unknown key": (BASE + "schedular: {type: asha}\n", ["schedular", "unknown key", "did you mean 'scheduler'"]),
     "wrong type": (BASE.replace("trials: 2", "trials: many"), ["budget.trials", "'many'", "valid integer"]),
-    "dropout outside [0, 1)": (BASE + "space: {dropout: {uniform: [0.2, 1.2]}}\n", ["space.dropout", "1.2", "less than 1"]),
+    "dropout outside [0, 1)": (
+        BASE + "space: {dropout: {uniform: [0.2, 1.2]}}\n",
+        ["space.dropout", "1.2", "less than 1"],
+    ),
     "lr <= 0 on a log scale": (
         BASE + "space: {optimizer: {name: adam, lr: {loguniform: [0, 0.1]}}}\n",
         ["space.optimizer.lr.loguniform low", "= 0", "> 0 on a log scale"],
     ),
-    "low > high": (BASE + "space: {dropout: {uniform: [0.5, 0.1]}}\n", ["space.dropout.uniform", "[0.5, 0.1]", "low <= high"]),
+    "low > high": (
+        BASE + "space: {dropout: {uniform: [0.5, 0.1]}}\n",
+        ["space.dropout.uniform", "[0.5, 0.1]", "low <= high"],
+    ),
     "unknown optimizer": (
         BASE + "space: {optimizer: {choice: [sgd, adamx]}}\n",
         ["space.optimizer.name", "'adamx'", "did you mean 'adam'", "sgd_momentum"],
@@ -58,8 +64,14 @@ CASES = {
     "unknown init": (BASE + "space: {init: xavir}\n", ["space.init.name", "'xavir'", "did you mean 'xavier'", "zeros"]),
     "unknown trainable": (BASE + "trainable: clasifier\n", ["trainable", "'clasifier'", "did you mean 'classifier'"]),
     "unknown dataset": (BASE + "dataset: {name: digit}\n", ["dataset.name", "'digit'", "did you mean 'digits'"]),
-    "unknown fragment": (BASE + "include: [optimiser]\n", ["include", "'optimiser'", "did you mean 'optimizer'", "augmentation"]),
-    "unknown metric": (BASE.replace("metric: val_accuracy", "metric: val_acc"), ["metric", "'val_acc'", "did you mean 'val_accuracy'"]),
+    "unknown fragment": (
+        BASE + "include: [optimiser]\n",
+        ["include", "'optimiser'", "did you mean 'optimizer'", "augmentation"],
+    ),
+    "unknown metric": (
+        BASE.replace("metric: val_accuracy", "metric: val_acc"),
+        ["metric", "'val_acc'", "did you mean 'val_accuracy'"],
+    ),
     "grace epochs > max epochs": (
         BASE + "scheduler: {type: asha, grace_epochs: 5}\n",
         ["scheduler.grace_epochs = 5", "<= budget.max_epochs (3)"],
@@ -99,7 +111,9 @@ def test_invalid_yaml_names_the_line(project, capsys):
 
 
 def test_key_defined_twice_in_one_file(project, capsys):
-    check(project, BASE + "space: {dropout: 0.1}\nspace: {dropout: 0.2}\n", capsys, "key 'space' defined twice", "line 6")
+    check(
+        project, BASE + "space: {dropout: 0.1}\nspace: {dropout: 0.2}\n", capsys, "key 'space' defined twice", "line 6"
+    )
 
 
 def test_not_a_mapping(project, capsys):

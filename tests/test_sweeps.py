@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 import synthetic_data
 from conftest import ROOT
+from mlflow.tracking import MlflowClient
+
 from tricksweep.cli import main
 from tricksweep.runner import run_sweep
 from tricksweep.spec import LoadedSpec, load_spec
@@ -40,15 +40,27 @@ def runnable_here(loaded: LoadedSpec, tmp_path: Path, tracking_uri: str) -> Load
     (in smoke mode)."""
     spec = loaded.spec
     spec.resources = spec.resources.model_copy(update={"cpu": 1, "gpu": 0})
-    writers = {"mnist": synthetic_data.write_idx, "fashion_mnist": lambda root: synthetic_data.write_idx(root, "FashionMNIST"),
-               "cifar10": synthetic_data.write_cifar10}
+    writers = {
+        "mnist": synthetic_data.write_idx,
+        "fashion_mnist": lambda root: synthetic_data.write_idx(root, "FashionMNIST"),
+        "cifar10": synthetic_data.write_cifar10,
+    }
     if spec.dataset["name"] in writers:
-        spec.dataset = {**spec.dataset, "root": str(writers[spec.dataset["name"]](tmp_path / "data")), "download": False}
+        spec.dataset = {
+            **spec.dataset,
+            "root": str(writers[spec.dataset["name"]](tmp_path / "data")),
+            "download": False,
+        }
     for name in _source_sweeps(loaded.raw_space):
         if MlflowClient(tracking_uri).get_experiment_by_name(name) is not None:
             continue  # smoke-run already, in this module's store
-        run_sweep(load_spec(ROOT / "sweeps" / f"{name}.yaml"), smoke_test=True, tracking_uri=tracking_uri,
-                  storage=str(tmp_path / "runs"), echo=lambda _: None)
+        run_sweep(
+            load_spec(ROOT / "sweeps" / f"{name}.yaml"),
+            smoke_test=True,
+            tracking_uri=tracking_uri,
+            storage=str(tmp_path / "runs"),
+            echo=lambda _: None,
+        )
     return loaded
 
 
@@ -59,9 +71,9 @@ def _source_sweeps(raw: object) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory) -> str:
+def smoke_store(tmp_path_factory, new_store) -> str:
     # One store for the smoke runs: transfer_digits reuses pretrain_digits' run.
-    return f"sqlite:///{tmp_path_factory.mktemp('smoke') / 'mlflow.db'}"
+    return new_store(tmp_path_factory.mktemp("smoke"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
@@ -69,11 +81,15 @@ def test_runs_in_smoke_mode(path: Path, ray_local, smoke_store, tmp_path, monkey
     tracking_uri = smoke_store
     monkeypatch.setenv("TRICKSWEEP_CACHE_DIR", str(tmp_path / "cache"))
     loaded = runnable_here(load_spec(path), tmp_path, tracking_uri)
-    outcome = run_sweep(loaded, smoke_test=True, tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
+    outcome = run_sweep(
+        loaded, smoke_test=True, tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lambda _: None
+    )
     assert outcome.errors == 0
     assert len(outcome.trials) == 2
     assert all(r.epochs >= 1 and r.best("val_accuracy", "max")[0] is not None for r in outcome.trials)
     client = MlflowClient(tracking_uri)
-    children = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    children = client.search_runs(
+        [outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'"
+    )
     assert len(children) == 2
     assert all(STATUS_TAG in c.data.tags for c in children)

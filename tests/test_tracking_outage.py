@@ -12,9 +12,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+from conftest import free_port, write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port, write_spec
 from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG
@@ -33,13 +34,28 @@ space:
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
 """
 
+pytestmark = pytest.mark.scenario  # a real mlflow server, stopped and started again mid-sweep
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'store.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            MLFLOW,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'store.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 90
     while True:
@@ -68,16 +84,20 @@ def test_sweep_survives_a_tracking_server_outage(ray_local, tmp_path: Path, monk
     result: dict = {}
 
     def sweep() -> None:
-        result["outcome"] = run_sweep(load_spec(write_spec(tmp_path, SPEC)), tracking_uri=uri,
-                                      storage=str(tmp_path / "runs"), echo=lambda _: None)
+        result["outcome"] = run_sweep(
+            load_spec(write_spec(tmp_path, SPEC)), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None
+        )
 
     thread = threading.Thread(target=sweep)
     thread.start()
     client = MlflowClient(uri)
     deadline = time.monotonic() + 120
-    while not (client.get_experiment_by_name("outage") and client.search_runs(
-        [client.get_experiment_by_name("outage").experiment_id], filter_string="metrics.val_accuracy > 0"
-    )):
+    while not (
+        client.get_experiment_by_name("outage")
+        and client.search_runs(
+            [client.get_experiment_by_name("outage").experiment_id], filter_string="metrics.val_accuracy > 0"
+        )
+    ):
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.5)
     stop_server(server)
@@ -92,7 +112,9 @@ def test_sweep_survives_a_tracking_server_outage(ray_local, tmp_path: Path, monk
         experiment = client.get_experiment_by_name("outage")
         parent = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'parent'")[0]
         assert parent.info.status == "FINISHED"
-        children = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        children = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+        )
         assert len(children) == 8
         reported = recorded = 0
         for child in children:
@@ -101,8 +123,10 @@ def test_sweep_survives_a_tracking_server_outage(ray_local, tmp_path: Path, monk
             assert steps == list(range(1, 21))
             reported += 20
             recorded += len(steps)
-        print(f"outage of 20 s, sweep done {time.monotonic() - down_at:.0f} s after it began: "
-              f"{reported} epochs reported, {recorded} recorded")
+        print(
+            f"outage of 20 s, sweep done {time.monotonic() - down_at:.0f} s after it began: "
+            f"{reported} epochs reported, {recorded} recorded"
+        )
         assert recorded == reported
     finally:
         stop_server(server)

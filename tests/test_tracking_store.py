@@ -13,7 +13,6 @@ from mlflow.tracking import MlflowClient
 
 from tricksweep.tracking import ParentRun
 
-
 # Each side imports everything the store opening needs, says it is ready, then waits for the
 # same go signal: the two openings start within milliseconds of each other.
 OPEN_SWEEP = """
@@ -31,14 +30,19 @@ except Exception as err:
 """
 
 
+@pytest.mark.scenario
 @pytest.mark.parametrize("attempt", range(2))
 def test_two_sweeps_creating_one_new_sqlite_store_at_once_both_start(tmp_path: Path, attempt):
     # Without the store lock MLflow migrates the new file twice at once and one side fails
     # ("table ... already exists"): 5 times in 5 when this test was written.
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     sides = [
-        subprocess.Popen([sys.executable, "-c", OPEN_SWEEP, uri, str(tmp_path), str(i)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_SWEEP, uri, str(tmp_path), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     deadline = time.monotonic() + 120

@@ -20,7 +20,9 @@ def test_interleaved_trials_land_whole_in_a_few_calls_each(tracking_uri):
         writer.submit(StartRun(trial, f"trial-{trial}", {"lr": 0.1, "opt": trial}, {"kind": "child"}))
     for epoch in range(1, epochs + 1):  # two trials' epochs interleaved, as Tune delivers them
         for trial in ("a", "b"):
-            writer.submit(LogMetrics(trial, [Metric("val_accuracy", epoch / 100, 0, epoch), Metric("lr", 0.1, 0, epoch)]))
+            writer.submit(
+                LogMetrics(trial, [Metric("val_accuracy", epoch / 100, 0, epoch), Metric("lr", 0.1, 0, epoch)])
+            )
     for trial in ("a", "b"):
         writer.submit(SetTags(trial, {"tricksweep.status": "completed"}))
         writer.submit(EndRun(trial, "FINISHED"))
@@ -61,8 +63,10 @@ def test_backfill_writes_only_the_epochs_mlflow_missed(tracking_uri):
     child = client.create_run(sweep.experiment_id, tags={PARENT_TAG: parent, TRIAL_TAG: "t1"}).info.run_id
     client.log_batch(child, metrics=[Metric("val_accuracy", v, 0, step) for step, v in ((2, 0.5), (3, 0.6))])
     # Tune's rows: epoch 1 and 4 never reached MLflow; epoch 3 was repeated after a restore.
-    rows = [{"epoch": e, "val_accuracy": v, "val_loss": 1 - v, "timestamp": 1_700_000_000, "trial_id": "t1"}
-            for e, v in ((1, 0.4), (2, 0.5), (3, 0.6), (3, 0.65), (4, 0.7))]
+    rows = [
+        {"epoch": e, "val_accuracy": v, "val_loss": 1 - v, "timestamp": 1_700_000_000, "trial_id": "t1"}
+        for e, v in ((1, 0.4), (2, 0.5), (3, 0.6), (3, 0.65), (4, 0.7))
+    ]
     assert sweep.backfill({"t1": rows, "other": rows}, probe="val_accuracy") == 4  # 2 epochs x 2 metrics
     history = sorted((m.step, m.value) for m in client.get_metric_history(child, "val_accuracy"))
     assert history == [(1, 0.4), (2, 0.5), (3, 0.6), (4, 0.7)]

@@ -195,7 +195,9 @@ def test_hue_rotation_applies_to_rgb_only():
             id="batchnorm-augment",
         ),
         pytest.param({"dropout": 0.3}, id="dropout"),  # dropout draws from torch's global RNG
-        pytest.param({"precision": "fp16", "batch_norm": True}, id="fp16-grad-scaler"),  # the scaler's state resumes too
+        pytest.param(
+            {"precision": "fp16", "batch_norm": True}, id="fp16-grad-scaler"
+        ),  # the scaler's state resumes too
     ],
 )
 def test_resume_continues_exactly_where_the_run_stopped(options):

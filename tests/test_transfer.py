@@ -11,19 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import synthetic_data
 import torch
+from conftest import TESTS, write_spec
 from mlflow.tracking import MlflowClient
 
-import synthetic_data
-from conftest import TESTS, write_spec
+from trainables.classifier import CHECKPOINT_FILE, Config, train
+from trainables.data import FilesUnavailable
+from trainables.report import ListReport
 from tricksweep.cli import main
 from tricksweep.errors import SpecError
 from tricksweep.sources import resolve_sources
 from tricksweep.spec import load_spec
 from tricksweep.tracking import SWEEP_TAG
-from trainables.classifier import CHECKPOINT_FILE, Config, train
-from trainables.data import FilesUnavailable
-from trainables.report import ListReport
 
 MODEL = {"name": "cnn", "width": 8}
 SOURCE_DATA = {"name": "digits", "classes": [0, 1, 2, 3, 4]}
@@ -46,7 +46,13 @@ def source(tmp_path_factory) -> str:
 def transfer(source: str, epochs: int = 2, **init) -> tuple[dict, dict]:
     """Train on digits 5-9 from ``source``; the source's and the result's model state dicts."""
     report = ListReport()
-    cfg = Config(data=TARGET_DATA, model=MODEL, batch_norm=True, epochs=epochs, init={"name": "pretrained", "source": source, **init})
+    cfg = Config(
+        data=TARGET_DATA,
+        model=MODEL,
+        batch_norm=True,
+        epochs=epochs,
+        init={"name": "pretrained", "source": source, **init},
+    )
     train(cfg, report)
     after = torch.load(Path(report.checkpoints[-1]) / CHECKPOINT_FILE, weights_only=True)["model"]
     return torch.load(source, weights_only=True)["model"], after
@@ -79,7 +85,16 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics(source, freeze, fro
 def test_head_is_recreated_for_another_class_count(source):
     report = ListReport()
     data = {"name": "digits", "classes": [5, 6, 7], "train_per_class": 20}
-    train(Config(data=data, model=MODEL, batch_norm=True, epochs=2, init={"name": "pretrained", "source": source, "freeze": "all_but_head"}), report)
+    train(
+        Config(
+            data=data,
+            model=MODEL,
+            batch_norm=True,
+            epochs=2,
+            init={"name": "pretrained", "source": source, "freeze": "all_but_head"},
+        ),
+        report,
+    )
     after = torch.load(Path(report.checkpoints[-1]) / CHECKPOINT_FILE, weights_only=True)["model"]
     assert after["head.3.weight"].shape == (3, 16)
 
@@ -87,7 +102,13 @@ def test_head_is_recreated_for_another_class_count(source):
 def test_same_class_count_keeps_the_head_unless_reset(source):
     # lr ~ 0: the weights after one epoch are the ones training started from.
     original = torch.load(source, weights_only=True)["model"]
-    common = {"data": TARGET_DATA, "model": MODEL, "batch_norm": True, "epochs": 1, "optimizer": {"name": "sgd", "lr": 1e-12}}
+    common = {
+        "data": TARGET_DATA,
+        "model": MODEL,
+        "batch_norm": True,
+        "epochs": 1,
+        "optimizer": {"name": "sgd", "lr": 1e-12},
+    }
     starts = []
     for reset in (False, True):
         report = ListReport()
@@ -114,16 +135,28 @@ SOURCE_MODEL = "  model: {name: cnn, width: 8}\n  batch_norm: true\n"
 @pytest.mark.parametrize(
     ("space", "expected"),
     [
-        ("  init: {name: he, freeze: all_but_head}",
-         "space.init = {'name': 'he', 'freeze': 'all_but_head'}: 'freeze' needs init 'pretrained'"),
-        (SOURCE_MODEL + "  init: {name: pretrained, source: SOURCE, freeze: 3}", "freeze = 3: model 'cnn' has 2 blocks; must be 0..2"),
+        (
+            "  init: {name: he, freeze: all_but_head}",
+            "space.init = {'name': 'he', 'freeze': 'all_but_head'}: 'freeze' needs init 'pretrained'",
+        ),
+        (
+            SOURCE_MODEL + "  init: {name: pretrained, source: SOURCE, freeze: 3}",
+            "freeze = 3: model 'cnn' has 2 blocks; must be 0..2",
+        ),
         (SOURCE_MODEL + "  init: {name: pretrained, source: SOURCE, freeze: head_only}", "space.init.freeze"),
-        ("  model: {name: cnn, width: 16}\n  batch_norm: true\n  init: {name: pretrained, source: SOURCE}",
-         "does not fit model 'cnn' (width=16, batch_norm=True) on (1, 8, 8) inputs: "
-         "blocks.0.0.weight is [8, 1, 3, 3] in the source but [16, 1, 3, 3] in the model"),
-        (SOURCE_MODEL.replace("true", "false") + "  init: {name: pretrained, source: SOURCE}", "the model's blocks.0.0.bias [8] is not in the source"),
-        ("  model: resnet18\n  init: {name: pretrained, source: resnet18.IMAGENET1K_V7}",
-         "unknown torchvision weights; resnet18 has: IMAGENET1K_V1"),
+        (
+            "  model: {name: cnn, width: 16}\n  batch_norm: true\n  init: {name: pretrained, source: SOURCE}",
+            "does not fit model 'cnn' (width=16, batch_norm=True) on (1, 8, 8) inputs: "
+            "blocks.0.0.weight is [8, 1, 3, 3] in the source but [16, 1, 3, 3] in the model",
+        ),
+        (
+            SOURCE_MODEL.replace("true", "false") + "  init: {name: pretrained, source: SOURCE}",
+            "the model's blocks.0.0.bias [8] is not in the source",
+        ),
+        (
+            "  model: resnet18\n  init: {name: pretrained, source: resnet18.IMAGENET1K_V7}",
+            "unknown torchvision weights; resnet18 has: IMAGENET1K_V1",
+        ),
         ("  init: {name: pretrained, source: resnet18.IMAGENET1K_V1}", "the source is torchvision's resnet18"),
     ],
 )
@@ -135,7 +168,9 @@ def test_invalid_combinations_are_one_line_with_exit_2(space, expected, source, 
 
 
 def test_matching_source_validates(source, tmp_path):
-    path = write_spec(tmp_path, SPEC + SOURCE_MODEL + f"  init: {{name: pretrained, source: {source}, freeze: {{grid: [0, 1, 2]}}}}\n")
+    path = write_spec(
+        tmp_path, SPEC + SOURCE_MODEL + f"  init: {{name: pretrained, source: {source}, freeze: {{grid: [0, 1, 2]}}}}\n"
+    )
     assert main(["validate", str(path)]) == 0
 
 
@@ -150,8 +185,13 @@ def test_torchvision_weights_without_network_is_one_clear_line(monkeypatch, tmp_
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     images = synthetic_data.write_image_folder(tmp_path / "images")  # 3 channels, as ImageNet weights need
-    cfg = Config(model={"name": "resnet18", "stem": "imagenet"}, batch_norm=True, data={"name": "image_folder", "root": str(images)},
-                 init={"name": "pretrained", "source": "resnet18.IMAGENET1K_V1"}, epochs=1)
+    cfg = Config(
+        model={"name": "resnet18", "stem": "imagenet"},
+        batch_norm=True,
+        data={"name": "image_folder", "root": str(images)},
+        init={"name": "pretrained", "source": "resnet18.IMAGENET1K_V1"},
+        epochs=1,
+    )
     with pytest.raises(FilesUnavailable) as caught:
         train(cfg, ListReport())
     message = str(caught.value)
@@ -162,10 +202,10 @@ def test_torchvision_weights_without_network_is_one_clear_line(monkeypatch, tmp_
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, source) -> str:
+def store(tmp_path_factory, source, new_store) -> str:
     """An MLflow store holding a finished parent run of sweep 'pretrain', as the engine records it."""
     tmp_path = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     client = MlflowClient(uri)
     experiment = client.create_experiment("pretrain", artifact_location=(tmp_path / "artifacts").as_uri())
     for status in ("FINISHED", "FAILED"):  # the later, failed run must be skipped
@@ -185,7 +225,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 def spec_with(tmp_path: Path, source_yaml: str) -> Path:
     return write_spec(
         tmp_path,
-        SPEC + f"  model: {{name: cnn, width: 8}}\n  batch_norm: true\n  init: {{name: pretrained, source: {source_yaml}, freeze: {{grid: [all_but_head, none]}}}}\n",
+        SPEC
+        + "  model: {name: cnn, width: 8}\n  batch_norm: true\n"
+        + f"  init: {{name: pretrained, source: {source_yaml}, freeze: {{grid: [all_but_head, none]}}}}\n",
     )
 
 
@@ -194,36 +236,49 @@ def test_sweep_source_resolves_to_the_latest_finished_run(store, tmp_path):
     lines = []
     resolved = resolve_sources(loaded, store, lines.append)
     path = resolved.raw_space["init"]["source"]
-    finished = MlflowClient(store).search_runs(
-        [MlflowClient(store).get_experiment_by_name("pretrain").experiment_id], "attributes.status = 'FINISHED'"
-    )[0].info.run_id
+    finished = (
+        MlflowClient(store)
+        .search_runs(
+            [MlflowClient(store).get_experiment_by_name("pretrain").experiment_id], "attributes.status = 'FINISHED'"
+        )[0]
+        .info.run_id
+    )
     assert path == str(tmp_path / "cache" / "sources" / "runs" / finished / "best_checkpoint" / "state.pt")
     assert os.path.isfile(path) and finished in lines[0]
     assert resolved.space["init"]["source"].value == path
     assert loaded.raw_space["init"]["source"] == {"sweep": "pretrain"}  # the input is left alone
     # A trial gets the local file and trains from it.
     report = ListReport()
-    train(Config(data=TARGET_DATA, model=MODEL, batch_norm=True, epochs=1, init={"name": "pretrained", "source": path}), report)
+    train(
+        Config(data=TARGET_DATA, model=MODEL, batch_norm=True, epochs=1, init={"name": "pretrained", "source": path}),
+        report,
+    )
     assert report.epochs == [1]
 
 
 def test_mlflow_run_uri_source(store, tmp_path):
     client = MlflowClient(store)
-    run_id = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id], "attributes.status = 'FINISHED'")[0].info.run_id
+    run_id = client.search_runs(
+        [client.get_experiment_by_name("pretrain").experiment_id], "attributes.status = 'FINISHED'"
+    )[0].info.run_id
     for uri in (f"runs:/{run_id}/best_checkpoint/state.pt", f"runs:/{run_id}/best_checkpoint"):
         resolved = resolve_sources(load_spec(spec_with(tmp_path, f"{{mlflow: '{uri}'}}")), store, lambda _: None)
         assert Path(resolved.raw_space["init"]["source"]).name == "state.pt"
 
 
 def test_source_architecture_is_checked_once_resolved(store, tmp_path):
-    path = write_spec(tmp_path, SPEC + "  model: {name: cnn, width: 16}\n  init: {name: pretrained, source: {sweep: pretrain}}\n")
+    path = write_spec(
+        tmp_path, SPEC + "  model: {name: cnn, width: 16}\n  init: {name: pretrained, source: {sweep: pretrain}}\n"
+    )
     loaded = load_spec(path)  # not resolvable at validation: accepted
     with pytest.raises(SpecError, match=r"does not fit model 'cnn' \(width=16"):
         resolve_sources(loaded, store, lambda _: None)
 
 
 def test_unknown_sweep_source_is_one_line(store, tmp_path):
-    with pytest.raises(SpecError, match=r"space.init.source = \{sweep: pretrian\}: no sweep 'pretrian' .*did you mean 'pretrain'"):
+    with pytest.raises(
+        SpecError, match=r"space.init.source = \{sweep: pretrian\}: no sweep 'pretrian' .*did you mean 'pretrain'"
+    ):
         resolve_sources(load_spec(spec_with(tmp_path, "{sweep: pretrian}")), store, lambda _: None)
 
 
@@ -233,18 +288,36 @@ def test_unresolved_sweep_source_outside_the_engine_says_so():
         train(cfg, ListReport())
 
 
+@pytest.mark.scenario
 def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source, tmp_path):
     # The source file is deleted after the Tuner is built; trials run on a node with a cache
     # folder of its own and must still load the exact weights (frozen blocks equal the source's).
     own = tmp_path / "driver-disk" / CHECKPOINT_FILE
     own.parent.mkdir()
     own.write_bytes(Path(source).read_bytes())
-    spec = write_spec(tmp_path, SPEC.replace("trials: 1", "trials: 2") + SOURCE_MODEL
-                      + f"  init: {{name: pretrained, source: '{own}', freeze: all_but_head}}\n")
+    spec = write_spec(
+        tmp_path,
+        SPEC.replace("trials: 1", "trials: 2")
+        + SOURCE_MODEL
+        + f"  init: {{name: pretrained, source: '{own}', freeze: all_but_head}}\n",
+    )
     worker_cache = tmp_path / "worker-cache"
     done = subprocess.run(
-        [sys.executable, str(TESTS / "scenarios" / "remote_source.py"), str(spec), str(tmp_path / "runs"), str(worker_cache)],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(TESTS)}, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(TESTS / "scenarios" / "remote_source.py"),
+            str(spec),
+            str(tmp_path / "runs"),
+            str(worker_cache),
+        ],
+        # TESTS before the caller's PYTHONPATH, not instead of it: the scenario imports the engine under test.
+        env={
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        },
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -255,7 +328,9 @@ def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source
     assert copy.endswith(f"/{CHECKPOINT_FILE}") and outcome["copy_equals_source"] == [True], outcome
 
 
-def test_every_weights_file_a_space_names_is_shipped_once_and_localized_off_the_driver(ray_local, source, tmp_path, cache):
+def test_every_weights_file_a_space_names_is_shipped_once_and_localized_off_the_driver(
+    ray_local, source, tmp_path, cache
+):
     import ray
 
     from tricksweep import space as dsl
@@ -264,15 +339,25 @@ def test_every_weights_file_a_space_names_is_shipped_once_and_localized_off_the_
 
     other = tmp_path / "other.pt"
     other.write_bytes(b"not really weights")
-    space = dsl.parse({
-        "init": {"choice": [
-            {"name": "pretrained", "source": source, "freeze": "none"},
-            {"name": "pretrained", "source": {"choice": [str(other), source]}},
-            {"name": "pretrained", "source": "resnet18.IMAGENET1K_V1"},  # a torchvision name: downloaded, not shipped
-            {"name": "pretrained", "source": str(tmp_path / "missing.pt")},  # maybe on the workers: the trial says
-        ]},
-        "notes": {"const": {"source": str(other)}},  # a constant block is walked too
-    })
+    space = dsl.parse(
+        {
+            "init": {
+                "choice": [
+                    {"name": "pretrained", "source": source, "freeze": "none"},
+                    {"name": "pretrained", "source": {"choice": [str(other), source]}},
+                    {
+                        "name": "pretrained",
+                        "source": "resnet18.IMAGENET1K_V1",
+                    },  # a torchvision name: downloaded, not shipped
+                    {
+                        "name": "pretrained",
+                        "source": str(tmp_path / "missing.pt"),
+                    },  # maybe on the workers: the trial says
+                ]
+            },
+            "notes": {"const": {"source": str(other)}},  # a constant block is walked too
+        }
+    )
     files = shipped_files(space)
     assert sorted(files) == sorted([source, str(other)])
     assert ray.get(files[str(other)].data) == other.read_bytes()

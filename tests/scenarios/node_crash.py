@@ -6,6 +6,7 @@ Usage: python node_crash.py SPEC TRACKING_URI STORAGE  -> prints one JSON line w
 
 from __future__ import annotations
 
+import atexit
 import json
 import sys
 import threading
@@ -27,13 +28,15 @@ def running_with_history(client: MlflowClient, min_epochs: int) -> int:
         return 0
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")
     return sum(
-        1 for r in runs
+        1
+        for r in runs
         if STATUS_TAG not in r.data.tags and len(client.get_metric_history(r.info.run_id, "val_accuracy")) >= min_epochs
     )
 
 
 def main(spec_path: str, uri: str, storage: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2)
     doomed = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
@@ -55,8 +58,11 @@ def main(spec_path: str, uri: str, storage: str) -> None:
         failed = [r.trial_id for r in outcome.trials if r.status == "failed"]
         result["first_pass_failed"] = failed
         result["first_pass_failed_in_mlflow"] = sorted(
-            r.data.tags.get(STATUS_TAG, "") for r in client.search_runs(
-                [outcome.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child' and tags.`{STATUS_TAG}` = 'failed'")
+            r.data.tags.get(STATUS_TAG, "")
+            for r in client.search_runs(
+                [outcome.experiment_id],
+                filter_string=f"tags.`{SWEEP_TAG}` = 'child' and tags.`{STATUS_TAG}` = 'failed'",
+            )
         )
         if failed:
             record(resume_sweep("node_crash", tracking_uri=uri, echo=lambda _: None))

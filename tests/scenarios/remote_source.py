@@ -10,6 +10,7 @@ Usage: python remote_source.py SPEC STORAGE WORKER_CACHE  -> prints one JSON lin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from tricksweep.spec import load_spec
 
 def main(spec_path: str, storage: str, worker_cache: str) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2, env_vars={"TRICKSWEEP_CACHE_DIR": worker_cache})
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -47,13 +49,17 @@ def main(spec_path: str, storage: str, worker_cache: str) -> None:
         frozen_equal.append(all(torch.equal(weights[k], trained[k]) for k in blocks))
     shipped = Path(worker_cache) / "sources" / "shipped"
     copies = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
-    print(json.dumps({
-        "errors": grid.num_errors,
-        "trials": len(grid),
-        "frozen_blocks_equal_source": frozen_equal,
-        "shipped_copies": copies,
-        "copy_equals_source": [(shipped / c).read_bytes() == data for c in copies],
-    }))
+    print(
+        json.dumps(
+            {
+                "errors": grid.num_errors,
+                "trials": len(grid),
+                "frozen_blocks_equal_source": frozen_equal,
+                "shipped_copies": copies,
+                "copy_equals_source": [(shipped / c).read_bytes() == data for c in copies],
+            }
+        )
+    )
     ray.shutdown()
     cluster.shutdown()
 
