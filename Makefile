@@ -21,7 +21,7 @@ quickstart: setup
 
 # The whole suite: what CI runs (.ci/run).
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15  # the slowest tests, for whoever makes the suite faster
 
 # ruff over the whole tree (config in pyproject.toml): seconds, so CI runs it first.
 lint: setup
