@@ -209,14 +209,14 @@ def test_a_big_file_left_out_passes_the_check(project: Path, command: str, left_
 
 
 @pytest.mark.scenario
-def test_trials_on_other_nodes_import_the_users_code_from_the_shipped_copy(tmp_path: Path):
+def test_trials_on_other_nodes_import_the_users_code_from_the_shipped_copy(tmp_path: Path, new_store):
     probe = tmp_path / "probe"
     spec = user_project(tmp_path / "usercode", probe)
     driver_cwd = tmp_path / "driver"  # Ray puts the driver's cwd on the workers' sys.path: not the user's folder
     driver_cwd.mkdir()
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "user_code_cluster.py"), str(spec), str(tmp_path / "runs"),
-         f"sqlite:///{tmp_path / 'mlflow.db'}"],
+         new_store(tmp_path)],
         cwd=driver_cwd,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},  # PYTHONPATH: the engine under test, not the user's code
         capture_output=True,

@@ -107,7 +107,8 @@ def package_files(folder: Path, excludes: list[str]) -> dict[str, int]:
         if path.is_dir():
             for ignore in (".gitignore", ".rayignore") if use_gitignore else (".rayignore",):
                 if (path / ignore).is_file():
-                    matchers.append((path, PathSpec.from_lines("gitwildmatch", (path / ignore).read_text().splitlines())))
+                    patterns = (path / ignore).read_text().splitlines()
+                    matchers.append((path, PathSpec.from_lines("gitwildmatch", patterns)))
                     added += 1
         if not any(spec.match_file(str(path.relative_to(base))) for base, spec in matchers):
             if path.is_file():
