@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,6 +154,31 @@ def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, cap
     experiment = client.get_experiment_by_name("quickstart")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags[SWEEP_TAG] for r in runs) == ["child", "child", "parent"]
+
+
+@pytest.mark.scenario
+def test_submit_ships_the_users_code_from_outside_the_checkout(head, tmp_path, new_store):
+    # The trainable and its helper module live in a folder the checkout (the job's working dir)
+    # does not hold; the spec names it. The job's driver and its trials import the shipped copy.
+    from test_shipping import SPEC, user_project
+
+    probe = tmp_path / "probe"
+    user_project(tmp_path / "usercode", probe)
+    (tmp_path / "proj" / "sweeps").mkdir(parents=True)
+    spec = tmp_path / "proj" / "sweeps" / "s.yaml"
+    spec.write_text(SPEC.format(probe=probe) + "code: {dir: ../../usercode}\n")
+    try:
+        job_id = jobs.submit(spec, head, tracking_uri=new_store(tmp_path), storage=str(tmp_path / "runs"))
+    finally:
+        for name in ("mytrain", "helpers"):
+            sys.modules.pop(name, None)
+    assert wait_for(head, job_id) == "SUCCEEDED", jobs.logs(job_id, head)[-3000:]
+    trials = [json.loads(p.read_text()) for p in probe.glob("*.json")]
+    assert len(trials) == 2
+    for trial in trials:
+        for module in ("train", "helpers"):
+            shipped = Path(trial[module]).parent
+            assert shipped.name == "usercode" and shipped.parent.name.startswith("_ray_pkg_"), trial[module]
 
 
 @pytest.mark.scenario

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "tricksweep"
 # Bottom to top. A module may import modules of lower layers only.
 LAYERS = [
     {"errors"},
-    {"space", "asha"},
+    {"space", "asha", "shipping"},  # shipping: the user's code folders on a cluster (workers use it too)
     {"search"},  # the searcher registry
     {"spec"},
     {"trial"},  # the worker side
@@ -84,13 +84,15 @@ def python(code: str) -> list[str]:
     return json.loads(out.stdout)
 
 
+# The engine modules a trial imports: the trial function and where the user's shipped code is.
+WORKER_SIDE = {"tricksweep", "tricksweep.trial", "tricksweep.shipping", "tricksweep.errors"}
 # What the driver and the report need and a trial does not (Ray itself brings rich and pandas).
 HEAVY = ("mlflow", "optuna", "matplotlib", "sklearn")
 
 
 def test_importing_the_worker_side_stays_light():
     loaded = python("import json, sys, tricksweep.trial; print(json.dumps(sorted(sys.modules)))")
-    assert {m for m in loaded if m.startswith("tricksweep")} == {"tricksweep", "tricksweep.trial"}
+    assert {m for m in loaded if m.startswith("tricksweep")} == WORKER_SIDE
     assert not {m.split(".")[0] for m in loaded} & set(HEAVY)
 
 
@@ -113,5 +115,5 @@ def test_a_trial_in_a_real_worker_imports_only_the_worker_side(ray_local, tmp_pa
     [result] = list(tuner.fit())
     assert result.error is None, result.error
     loaded = json.loads(result.metrics["modules"])
-    assert {m for m in loaded if m.startswith("tricksweep")} == {"tricksweep", "tricksweep.trial"}
+    assert {m for m in loaded if m.startswith("tricksweep")} == WORKER_SIDE
     assert not {m.split(".")[0] for m in loaded} & set(HEAVY)

@@ -128,10 +128,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tricksweep.runner import check_address, run_sweep
+    from tricksweep.runner import check_address, code_runtime_env, run_sweep
     from tricksweep.spec import load_spec
 
     loaded = load_spec(args.spec)  # all validation before Ray or MLflow start
+    code_runtime_env(loaded, args.address)  # a code folder too big to ship fails before the cluster is reached
     check_address(args.address)
     console = _console()
     outcome = run_sweep(

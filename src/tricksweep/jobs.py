@@ -5,7 +5,9 @@
     info(job_id, address).status, logs(job_id, address)
 
 The job ships the project (the sweep file, search_spaces/, trainables/, src/; .gitignore is
-respected) as its working directory and runs ``tricksweep run SPEC --address auto`` on the head.
+respected) as its working directory, the folders of the user's code outside it as py_modules
+(``shipping``), and runs ``tricksweep run SPEC --address auto`` on the head. A package over
+Ray's upload limit for jobs (100 MiB) fails here, before anything is sent.
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tricksweep import shipping
 from tricksweep.errors import SpecError
 from tricksweep.spec import load_spec
-
-# Never uploaded, even without a .gitignore: local results, stores and environments.
-EXCLUDES = [".git", ".venv", "runs", "mlruns", "mlartifacts", "mlflow.db", "*.egg-info", "__pycache__"]
 
 
 def connect(address: str, timeout_s: float = 3.0) -> Any:
@@ -58,9 +58,15 @@ def submit(
     storage: str | None = None,
 ) -> str:
     spec_path = Path(spec_path)
-    load_spec(spec_path)  # bad specs fail here, not minutes later on the cluster
-    client = connect(address)
+    loaded = load_spec(spec_path)  # bad specs fail here, not minutes later on the cluster
     root = project_root(spec_path)
+    # The user's code folders that the checkout does not carry as the working dir (root itself is
+    # on the workers' PYTHONPATH); each package is checked against Ray's limit before connecting.
+    code = [f for f in shipping.code_folders(loaded.code_paths, loaded.spec.code.dir) if f != root]
+    excludes = shipping.excludes_for(loaded.spec.code.exclude)
+    for folder in [root, *code]:
+        shipping.check_size(folder, excludes, shipping.job_upload_limit(), "tricksweep submit")
+    client = connect(address)
     command = ["python", "-m", "tricksweep.cli", "run", str(spec_path.resolve().relative_to(root)), "--address", "auto"]
     if smoke:
         command.append("--smoke")
@@ -71,10 +77,11 @@ def submit(
     package_dir = Path(__file__).resolve().parent
     runtime_env = {
         "working_dir": str(root),
-        "excludes": EXCLUDES,
-        # The engine and the trainables of this checkout, importable by the driver and every worker.
-        "py_modules": [str(package_dir), str(package_dir.parent.parent / "trainables")],
-        "env_vars": {"RAY_AIR_NEW_OUTPUT": "0"},
+        "excludes": excludes,
+        # The engine and the trainables of this checkout, and the user's code: importable by the
+        # driver and every worker.
+        "py_modules": [str(package_dir), str(package_dir.parent.parent / "trainables"), *map(str, code)],
+        "env_vars": {"RAY_AIR_NEW_OUTPUT": "0", **shipping.shipped_env(code)},
     }
     # A head that has just started may not have its job agent up yet: wait for it a little.
     deadline = time.monotonic() + 60

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tricksweep import leaderboard, search
+from tricksweep import leaderboard, search, shipping
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress
 from tricksweep.errors import SpecError
@@ -254,7 +254,22 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
         os.close(devnull)
 
 
-def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
+def code_runtime_env(loaded: LoadedSpec, address: str | None) -> dict[str, Any] | None:
+    """The runtime env that ships the user's code folders to a cluster's nodes, once each passed
+    the size check (a one-line SpecError otherwise). None on local Ray, whose workers find the
+    folders where they are, and in a Ray Job, whose runtime env (``submit``'s) carries them."""
+    if address in (None, "local") or shipping.in_ray_job():
+        return None
+    folders = shipping.code_folders(loaded.code_paths, loaded.spec.code.dir)
+    if not folders:
+        return None
+    excludes = shipping.excludes_for(loaded.spec.code.exclude)
+    for folder in folders:
+        shipping.check_size(folder, excludes, shipping.driver_upload_limit(), f"--address {address}")
+    return shipping.runtime_env(folders, excludes)
+
+
+def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
     """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
     import ray
 
@@ -269,18 +284,19 @@ def ensure_ray(address: str | None, cpus: int | None = None) -> bool:
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
+        runtime_env=runtime_env,
     )
     return True
 
 
 def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: ParentRun,
-            address: str | None) -> tuple[Any, MlflowTrials]:
+            address: str | None, runtime_env: dict[str, Any] | None = None) -> tuple[Any, MlflowTrials]:
     """Ray up, the Tuner made and fitted; Tune's results and the tracker, drained. Whatever fails
     on the way, the parent run is not left RUNNING."""
     _quiet_tune()
     fitted, owns_ray, tracker = False, False, None
     try:
-        owns_ray = ensure_ray(address)
+        owns_ray = ensure_ray(address, runtime_env=runtime_env)
         tuner = make_tuner()
         tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
         with pending_trials_limit(spec):
@@ -428,13 +444,14 @@ def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: boo
     started = time.monotonic()
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
+    shipped = code_runtime_env(plan.loaded, address)
     parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
                           storage_path=plan.storage_path, smoke=plan.smoke)
     echo(f"sweep {plan.spec.name}: {plan.loaded.trials_total} trials x <= {plan.spec.budget.max_epochs} epochs, "
          f"MLflow run {parent.run_id} at {plan.tracking_uri}")
     results, tracker = execute(
         lambda: build_tuner(plan.loaded, plan.storage_path, plan.run_name, callbacks(plan.spec, parent, echo)),
-        plan.spec, parent, address,
+        plan.spec, parent, address, shipped,
     )
     return record(results, tracker, plan.spec, parent, started)
 
@@ -461,7 +478,8 @@ def resume_sweep(name: str, *, tracking_uri: str | None = None, address: str | N
                            search_path=folders)
     if tags.get("tricksweep.smoke") == "true":
         loaded = loaded.smoke()
+    shipped = code_runtime_env(loaded, address)
     parent.reopen()
     echo(f"resuming sweep {name}: MLflow run {parent.run_id}, Tune experiment {path}")
-    results, tracker = execute(lambda: restore_tuner(path, loaded, echo), loaded.spec, parent, address)
+    results, tracker = execute(lambda: restore_tuner(path, loaded, echo), loaded.spec, parent, address, shipped)
     return record(results, tracker, loaded.spec, parent, started)

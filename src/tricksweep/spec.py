@@ -68,6 +68,21 @@ class Checkpointing(Strict):
     )
 
 
+class Code(Strict):
+    """The folder your code lives in, shipped to every node when the sweep runs on a cluster."""
+
+    dir: str | None = Field(
+        None,
+        description="folder searched first for import strings and shipped to every node with --address "
+        "and submit; relative to the spec file (default: the folders the import strings were found in)",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description=".gitignore-style patterns never shipped, on top of .gitignore files and the defaults "
+        "(.git, .venv, __pycache__, runs/, mlruns/, mlflow.db, *.pt, ...)",
+    )
+
+
 class Claim(Strict):
     """A claim the sweep tests: ``param`` at ``treatment`` vs ``control`` values, on ``measure``.
 
@@ -121,6 +136,7 @@ class SweepSpec(Strict):
     seed: int = 0
     tracking: Tracking = Field(default_factory=Tracking)
     storage: str | None = Field(None, description="Tune storage path (default: <cwd>/runs); shared on a cluster")
+    code: Code = Field(default_factory=Code, description="your code's folder and what of it a cluster gets")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
     include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
     space: dict[str, Any] = Field(default_factory=dict)
@@ -195,10 +211,16 @@ def fragment_dirs(spec_path: Path | None) -> list[Path]:
     return list(dict.fromkeys(d for d in dirs if d.is_dir()))
 
 
-def code_paths(spec_path: Path | None) -> tuple[str, ...]:
-    """Where a trainable's import string is looked up, in order: the current folder, the spec's
-    folder and the folder above it (``sweeps/..``, a project's root); the cwd only for a dict."""
-    folders = [Path.cwd()]
+def code_paths(spec_path: Path | None, code_dir: str | None = None) -> tuple[str, ...]:
+    """Where a trainable's import string is looked up, in order: the spec's ``code.dir``, the
+    current folder, the spec's folder and the folder above it (``sweeps/..``, a project's root);
+    the cwd only for a dict. In a Ray Job that shipped the code (``submit``), its copy comes first."""
+    from tricksweep.shipping import shipped_code_dirs
+
+    folders = [Path(f) for f in shipped_code_dirs()]
+    if code_dir is not None and not folders:
+        folders.append(Path(code_dir))
+    folders.append(Path.cwd())
     if spec_path is not None:
         folder = spec_path.resolve().parent
         folders += [folder, folder.parent]
@@ -263,7 +285,8 @@ def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ..
     except ValidationError as err:
         raise SpecError(format_validation_error(err, SweepSpec)) from None
 
-    folders = search_path or code_paths(path)
+    spec = _with_code_dir(spec, path)
+    folders = search_path or code_paths(path, spec.code.dir)
     trainable = resolve_trainable(spec.trainable, folders)
     raw_space, fragments = _merge_fragments(spec, path)
     parsed = dsl.parse(raw_space)
@@ -272,6 +295,19 @@ def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ..
     search.check_space(parsed, spec.searcher, spec.repeats)
     _check_claims(spec, parsed)
     return loaded
+
+
+def _with_code_dir(spec: SweepSpec, path: Path | None) -> SweepSpec:
+    """``code.dir`` as an absolute folder that exists (relative to the spec's folder, or the cwd)."""
+    from tricksweep.shipping import shipped_code_dirs
+
+    if spec.code.dir is None or shipped_code_dirs():
+        return spec  # in a job that shipped the code, the folder is its copy, not the submitter's path
+    base = path.resolve().parent if path is not None else Path.cwd()
+    folder = (base / Path(spec.code.dir).expanduser()).resolve()
+    if not folder.is_dir():
+        raise SpecError(f"code.dir = {spec.code.dir!r}: no such folder ({folder})")
+    return spec.model_copy(update={"code": spec.code.model_copy(update={"dir": str(folder)})})
 
 
 def resolve_trainable(name: str, folders: tuple[str, ...]) -> Trainable:

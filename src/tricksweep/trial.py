@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 from trainables.report import TrialInfo
+from tricksweep.shipping import shipped_code_dirs
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class TrialContext:
     cpus: float
     gpus: float
     function: str | None = None  # a function trainable's name in ``module``; None: the module's train
-    code_paths: tuple[str, ...] = ()  # folders the driver imported user code from; put on the worker's sys.path
+    # Folders the driver imported user code from, put on the worker's sys.path on local Ray; on a
+    # cluster, where they need not exist, the runtime env's copies of them are (shipping.py).
+    code_paths: tuple[str, ...] = ()
     metric: str | None = None  # the sweep's metric, checked on the first report
     data: dict[str, Any] = field(default_factory=dict)  # the spec's dataset
     epochs: int = 1  # budget.max_epochs
@@ -81,7 +84,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from trainables.contract import load
 
-    for folder in reversed(ctx.code_paths):
+    for folder in reversed(shipped_code_dirs() or ctx.code_paths):
         if folder not in sys.path:
             sys.path.insert(0, folder)
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
