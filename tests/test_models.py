@@ -5,7 +5,9 @@ run from there) swept with ASHA on real Ray and recorded in MLflow."""
 
 from __future__ import annotations
 
+import ast
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
@@ -218,7 +221,10 @@ def test_validating_built_in_models_does_not_import_torch(tmp_path: Path):
     spec = tmp_path / "sweeps" / "cnn.yaml"
     spec.parent.mkdir()
     spec.write_text(SPEC + "  model: {name: cnn, width: {choice: [8, 16]}}\n  batch_norm: {choice: [false, true]}\n")
-    code = f"import sys; from tricksweep.spec import load_spec; load_spec({str(spec)!r}); assert 'torch' not in sys.modules"
+    code = (
+        f"import sys; from tricksweep.spec import load_spec; load_spec({str(spec)!r}); "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 
@@ -235,10 +241,26 @@ def test_the_example_model_is_swept_with_asha_and_recorded(ray_local, project: P
     client = MlflowClient(uri)
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["tricksweep.scheduler"] == "asha"
-    children = [r for r in client.search_runs([outcome.experiment_id]) if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    runs = client.search_runs([outcome.experiment_id])
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 4
     assert {c.data.tags[STATUS_TAG] for c in children} <= {"completed", "stopped_by_asha"}
     for child in children:
         params = child.data.params
         assert params["model.name"] == FACTORY and params["model.width"] in ("16", "32")
-        assert {"batch_norm", "dropout", "init.name", "optimizer.lr", "augment.crop.p"} <= params.keys()
+        assert {"batch_norm", "dropout", "init", "optimizer.lr", "augment.crop.p"} <= params.keys()
+
+
+def test_the_readme_shows_the_example_sweep_and_factory():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Your own model") : readme.index("## On a Ray cluster")]
+    [block] = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    spec = yaml.safe_load((EXAMPLE / "sweeps" / "own_model.yaml").read_text())
+    assert yaml.safe_load(block) == {"space": spec["space"]}
+    [factory] = [node for node in ast.parse((EXAMPLE / "own_nets" / "nets.py").read_text()).body
+                 if isinstance(node, ast.FunctionDef) and node.name == "make_net"]
+    names = [a.arg for a in factory.args.args]
+    defaults = [None] * (len(names) - len(factory.args.defaults)) + [ast.literal_eval(d) for d in factory.args.defaults]
+    signature = ", ".join(n if d is None else f"{n}={d!r}" for n, d in zip(names, defaults, strict=True))
+    shown = re.search(r"`make_net\((.*?)\)`", section, flags=re.S)[1]
+    assert " ".join(shown.split()) == signature
