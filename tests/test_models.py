@@ -217,6 +217,16 @@ def test_a_model_that_does_not_fit_is_rejected_in_one_line(case, project: Path, 
         assert piece in err, f"{piece!r} not in {err!r}"
 
 
+def test_a_class_count_known_only_once_the_data_is_read_is_not_checked(project: Path):
+    from trainables.models import Factory, probe
+
+    thousand = Factory(name="own_nets.plain:make_thousand")
+    assert probe(thousand, (1, 8, 8), None).problem is None
+    assert "(2, 1000)" in probe(thousand, (1, 8, 8), 10).problem
+    assert probe(Factory(name=FACTORY, width=8), (3, 32, 32), 10).blocks == 2
+    assert probe(thousand, (1, 8, 8), 10).blocks is None  # no blocks/head: not freezable
+
+
 def test_validating_built_in_models_does_not_import_torch(tmp_path: Path):
     spec = tmp_path / "sweeps" / "cnn.yaml"
     spec.parent.mkdir()

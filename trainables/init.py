@@ -171,11 +171,11 @@ class Pretrained(_Init):
         if blocks is None and (freezes or self.reset_head):
             what = f"freeze = {self.freeze!r}" if freezes else "reset_head = True"
             raise ValueError(
-                f"{what}: model '{model.name}' exposes no `blocks` (its feature blocks, in order) and `head` "
+                f"{what}: {_shown(model)} exposes no `blocks` (its feature blocks, in order) and `head` "
                 "(its classifier module); return a module with both to freeze it, or use freeze: none"
             )
         if isinstance(self.freeze, int) and blocks is not None and self.freeze > blocks:
-            raise ValueError(f"freeze = {self.freeze}: model '{model.name}' has {blocks} blocks; must be 0..{blocks}")
+            raise ValueError(f"freeze = {self.freeze}: {_shown(model)} has {blocks} blocks; must be 0..{blocks}")
         source = source_shapes(self.source)
         if source is None:
             return  # resolved by the engine, or a file not on this machine: checked when the trial loads it
@@ -235,6 +235,10 @@ def train_mode(model) -> None:
             module.eval()
 
 
+def _shown(model: Any) -> str:
+    return model.describe() if hasattr(model, "describe") else f"model '{model.name}'"
+
+
 def block_count(model: Any, data: Any) -> int | None:
     """How many blocks ``model`` (an option of ``trainables.models``) has on ``data``'s inputs; None
     when it exposes no ``blocks`` and ``head`` (a factory's module may not)."""
@@ -242,7 +246,7 @@ def block_count(model: Any, data: Any) -> int | None:
         return model.block_count()
     from trainables.models import probe
 
-    return probe(model, tuple(data.input_shape), data.num_classes or 2).blocks
+    return probe(model, tuple(data.input_shape), data.num_classes).blocks
 
 
 def head_keys(model) -> set[str]:

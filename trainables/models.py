@@ -36,7 +36,8 @@ A torchvision or factory model is checked at validation, where the dataset's inp
 class count are known (``input_shape`` / ``num_classes`` of the dataset options), by building it
 on the CPU and passing ONE zero batch ``(2, C, H, W)`` through it in training mode, with the
 switches off: a model that cannot take the data's input, or whose output is not ``(2,
-num_classes)`` logits, is rejected with the reason, instead of failing every trial. The result is
+num_classes)`` logits (any class count when the dataset's is known only once read), is rejected
+with the reason, instead of failing every trial. The result is
 cached per model configuration, so a space with many corners pays for each distinct model once.
 """
 
@@ -251,7 +252,7 @@ def fits_data(cls: Any, model: Any, info: Any) -> Any:
     data = info.data.get("data")
     shape = getattr(data, "input_shape", None) if data is not None else None
     if isinstance(model, (Torchvision, Factory)) and shape is not None:
-        problem = probe(model, tuple(shape), data.num_classes or 2).problem
+        problem = probe(model, tuple(shape), data.num_classes).problem
         if problem:
             raise ValueError(problem)
     return model
@@ -363,13 +364,15 @@ class Probe(BaseModel):
     blocks: int | None = None  # len(model.blocks), None when it exposes no blocks and head
 
 
-def probe(model: Any, in_shape: tuple[int, int, int], classes: int) -> Probe:
+def probe(model: Any, in_shape: tuple[int, int, int], classes: int | None) -> Probe:
+    """Build ``model`` for ``in_shape`` and ``classes`` (None: not known before the data is read;
+    then any class count is accepted) and pass one zero batch through it."""
     key = json.dumps(model.model_dump(mode="json"), sort_keys=True, default=str)
     return _probe(type(model), key, in_shape, classes)
 
 
 @functools.lru_cache(maxsize=64)
-def _probe(kind: type, key: str, in_shape: tuple[int, int, int], classes: int) -> Probe:
+def _probe(kind: type, key: str, in_shape: tuple[int, int, int], classes: int | None) -> Probe:
     import torch
 
     model = kind.model_validate(json.loads(key))
@@ -377,7 +380,7 @@ def _probe(kind: type, key: str, in_shape: tuple[int, int, int], classes: int) -
     shown = "x".join(str(d) for d in in_shape)
     try:
         with torch.device("cpu"):
-            net = model.build(in_shape, classes, False, 0.0)
+            net = model.build(in_shape, classes or 2, False, 0.0)
     except Exception as err:  # noqa: BLE001 - the user's factory: any error is reported as one line
         return Probe(problem=f"building {what} for {shown} inputs and {classes} classes failed: {_last_line(err)}")
     if not isinstance(net, torch.nn.Module):
@@ -395,10 +398,11 @@ def _probe(kind: type, key: str, in_shape: tuple[int, int, int], classes: int) -
         )
         return Probe(problem=f"{what} cannot take the data's {shown} inputs: a zero batch through it raised "
                              f"{_last_line(err)}{hint}")
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
+    is_logits = isinstance(out, torch.Tensor) and out.dim() == 2 and len(out) == 2
+    if not is_logits or (classes is not None and out.shape[1] != classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         return Probe(problem=f"{what} maps a zero batch (2, {', '.join(map(str, in_shape))}) to {got}; the "
-                             f"classifier needs logits of shape (2, {classes}) (take num_classes)")
+                             f"classifier needs logits of shape (2, {classes or 'num_classes'}) (take num_classes)")
     blocks = getattr(net, "blocks", None)
     exposed = blocks is not None and isinstance(getattr(net, "head", None), torch.nn.Module)
     return Probe(blocks=len(blocks) if exposed else None)
