@@ -27,6 +27,10 @@ SMALL_CNN = {"name": "cnn", "width": 8}
 MODEL_TEST_OPTIONS = {
     "resnet": {"model": {"name": "resnet", "width": 8, "depth": 2}},
     "resnet18": {"model": {"name": "resnet18"}, "data": {"name": "digits", "classes": [0, 1, 2], "train_per_class": 4}},
+    "torchvision": {
+        "model": {"name": "torchvision", "arch": "shufflenet_v2_x0_5"},
+        "data": {"name": "digits", "classes": [0, 1, 2], "train_per_class": 4},
+    },
 }
 
 

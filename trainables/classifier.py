@@ -17,7 +17,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from trainables.augment import Augment
 from trainables.data import Dataset, Digits
 from trainables.init import He, Init, Pretrained, pretrained_only
-from trainables.models import CNN, Model
+from trainables.models import CNN, Model, fits_data, switch_taken
 from trainables.optim import Adam, Optimizer
 from trainables.options import Strict
 
@@ -66,6 +66,9 @@ class Config(Strict):
     )
 
     _pretrained_only = field_validator("init", mode="before")(pretrained_only)
+    # Torchvision / factory models: one zero batch at validation; switches only where the model takes them.
+    _model_fits_data = field_validator("model")(fits_data)
+    _switch_taken = field_validator("batch_norm", "dropout")(switch_taken)
 
     @field_validator("init")
     @classmethod

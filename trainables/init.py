@@ -164,9 +164,18 @@ class Pretrained(_Init):
 
     def check(self, model: Any, data: Any, batch_norm: bool, dropout: float) -> None:
         """Raise ValueError (one line) when ``freeze`` or the source's weights do not fit ``model``."""
-        blocks = model.block_count()
-        if isinstance(self.freeze, int) and self.freeze > blocks:
-            raise ValueError(f"freeze = {self.freeze}: model '{model.name}' has {blocks} blocks; must be 0..{blocks}")
+        if getattr(data, "input_shape", None) is None:
+            return  # a dataset whose shape is known once read: the trial checks when it loads the weights
+        blocks = block_count(model, data)
+        freezes = self.freeze not in ("none", 0)
+        if blocks is None and (freezes or self.reset_head):
+            what = f"freeze = {self.freeze!r}" if freezes else "reset_head = True"
+            raise ValueError(
+                f"{what}: {_shown(model)} exposes no `blocks` (its feature blocks, in order) and `head` "
+                "(its classifier module); return a module with both to freeze it, or use freeze: none"
+            )
+        if isinstance(self.freeze, int) and blocks is not None and self.freeze > blocks:
+            raise ValueError(f"freeze = {self.freeze}: {_shown(model)} has {blocks} blocks; must be 0..{blocks}")
         source = source_shapes(self.source)
         if source is None:
             return  # resolved by the engine, or a file not on this machine: checked when the trial loads it
@@ -198,7 +207,7 @@ class Pretrained(_Init):
             raise ValueError(f"source {self.describe_source()} does not fit {type(model).__name__}: {problems[0]}")
         keep_head = not self.reset_head and all(k in state and state[k].shape == own[k].shape for k in head)
         model.load_state_dict({k: v for k, v in state.items() if keep_head or k not in head}, strict=False)
-        for block in list(model.blocks)[: self.frozen_blocks(len(model.blocks))]:
+        for block in list(getattr(model, "blocks", []))[: self.frozen_blocks(len(getattr(model, "blocks", [])))]:
             for p in block.parameters():
                 p.requires_grad_(False)
 
@@ -226,8 +235,25 @@ def train_mode(model) -> None:
             module.eval()
 
 
+def _shown(model: Any) -> str:
+    return model.describe() if hasattr(model, "describe") else f"model '{model.name}'"
+
+
+def block_count(model: Any, data: Any) -> int | None:
+    """How many blocks ``model`` (an option of ``trainables.models``) has on ``data``'s inputs; None
+    when it exposes no ``blocks`` and ``head`` (a factory's module may not)."""
+    if hasattr(model, "block_count"):
+        return model.block_count()
+    from trainables.models import probe
+
+    return probe(model, tuple(data.input_shape), data.num_classes).blocks
+
+
 def head_keys(model) -> set[str]:
-    """State-dict keys of ``model.head`` (``head.3.weight``, or ``fc.weight`` in torchvision's nets)."""
+    """State-dict keys of ``model.head`` (``head.3.weight``, or ``fc.weight`` in torchvision's nets);
+    none for a model without a head."""
+    if not hasattr(model, "head"):
+        return set()
     prefix = next(name for name, module in model.named_modules() if module is model.head)
     return {k for k in model.state_dict() if k.startswith(f"{prefix}.")}
 
@@ -284,8 +310,9 @@ def source_description(source: Any) -> str:
     """What the source was built as, for error messages."""
     if isinstance(source, str) and (match := TORCHVISION_WEIGHTS.match(source)):
         return (
-            f"the source is torchvision's {match['arch']} (ImageNet weights need model "
-            f"{{name: {match['arch']}, stem: imagenet}}, batch_norm: true and 3-channel images)"
+            f"the source is torchvision's {match['arch']} (its weights need model "
+            f"{{name: torchvision, arch: {match['arch']}}} on 3-channel images, or for resnet18 "
+            f"{{name: resnet18, stem: imagenet}} with batch_norm: true)"
         )
     config = Path(str(source)).with_name("best_config.yaml")
     if config.is_file():

@@ -139,3 +139,53 @@ class TorchvisionResNet18(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.dropout(self.avgpool(x).flatten(1)))
+
+
+# torchvision's classifier heads, by the attribute name its architectures use.
+TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
+
+
+def torchvision_net(arch: str, in_shape: tuple[int, int, int], classes: int, extra: dict) -> nn.Module:
+    """torchvision's ``arch`` with ``weights=None`` and ``num_classes=classes``, its own parameter
+    names kept (so torchvision's weights load as they are).
+
+    Input: when the data does not have 3 channels, the first ``Conv2d`` (the stem of every
+    torchvision classifier) is replaced by one taking ``in_shape[0]`` channels, with the same
+    kernel, stride, padding and outputs. The input size is left alone.
+
+    Freezing: ``head`` is the first of ``fc``, ``classifier``, ``heads``, ``head`` the model has;
+    ``blocks`` are its other top-level children that hold parameters, in order, with a child named
+    ``features`` replaced by its own children (resnet18: conv1, bn1, layer1..layer4;
+    mobilenet_v3_small: features.0..features.12). A model that already has ``blocks`` / ``head``
+    keeps them. Parameters held by the model itself (ViT's class token) are in no block.
+    """
+    import torchvision.models
+
+    net = torchvision.models.get_model(arch, weights=None, num_classes=classes, **extra)
+    if in_shape[0] != 3:
+        _adapt_first_conv(net, in_shape[0])
+    head_name = next((name for name in TORCHVISION_HEADS if isinstance(getattr(net, name, None), nn.Module)), None)
+    if head_name is not None and not hasattr(net, "blocks"):
+        children = [child for name, child in net.named_children() if name != head_name]
+        if isinstance(getattr(net, "features", None), nn.Sequential):
+            at = children.index(net.features)
+            children[at : at + 1] = list(net.features.children())
+        blocks = [child for child in children if any(True for _ in child.parameters())]
+        # Plain attributes, not registered submodules: the state dict stays torchvision's.
+        object.__setattr__(net, "blocks", nn.ModuleList(blocks))
+    if head_name is not None and not hasattr(net, "head"):
+        object.__setattr__(net, "head", getattr(net, head_name))
+    return net
+
+
+def _adapt_first_conv(net: nn.Module, channels: int) -> None:
+    path, conv = next((path, module) for path, module in net.named_modules() if isinstance(module, nn.Conv2d))
+    parent_path, _, name = path.rpartition(".")
+    setattr(
+        net.get_submodule(parent_path),
+        name,
+        nn.Conv2d(
+            channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=1, bias=conv.bias is not None,
+        ),
+    )

@@ -470,6 +470,8 @@ def _unwrap(tp: Any) -> Any:
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
     args = [a for a in typing.get_args(tp) if a is not type(None)]
+    # Options of a callable discriminator come as Annotated[option, Tag(name)].
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args]
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
         models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(models) == 1:

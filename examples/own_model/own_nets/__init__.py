@@ -1,0 +1,1 @@
+"""A user's own networks, reached by tricksweep only through import strings."""
