@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tricksweep import leaderboard, search
+from tricksweep import leaderboard, preflight, search
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress
 from tricksweep.errors import SpecError
@@ -102,9 +102,11 @@ def resolve(loaded: LoadedSpec, *, smoke: bool, tracking_uri: str | None, storag
     if smoke:
         loaded = loaded.smoke()
     uri = resolve_tracking_uri(tracking_uri, loaded.spec.tracking.uri)
+    storage_path = _storage_path(storage or loaded.spec.storage)
+    preflight.check(loaded, tracking_uri=uri, storage_path=storage_path)  # one line and exit 2, before Ray/MLflow
     loaded = resolve_sources(loaded, uri, echo)  # init.source {sweep: ...} / {mlflow: ...} -> local files
     run_name = f"{loaded.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Resolved(loaded, uri, _storage_path(storage or loaded.spec.storage), run_name, smoke)
+    return Resolved(loaded, uri, storage_path, run_name, smoke)
 
 
 def _storage_path(value: str | None) -> str:
