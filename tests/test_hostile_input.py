@@ -322,7 +322,8 @@ def test_debug_shows_the_traceback_behind_the_line(project: Path, capsys, monkey
     for argv in (["--debug", "validate", str(path)], ["validate", str(path), "--debug"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "Traceback" in err and err.rstrip().endswith("error: budget.trials = True: Input should be a valid integer")
+        assert "Traceback" in err
+        assert err.rstrip().endswith("error: budget.trials = True: Input should be a valid integer")
     monkeypatch.setenv("TRICKSWEEP_DEBUG", "1")
     assert main(["validate", str(path)]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -179,11 +179,13 @@ def _auto_report(console, outcome, top: int) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from tricksweep.preflight import check_tracking
     from tricksweep.report import build_report, print_report
     from tricksweep.tracking import resolve_tracking_uri
 
     console = _console()
     uri = resolve_tracking_uri(args.tracking_uri, None)
+    check_tracking(uri)
     report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top)
     print_report(report, console, args.top)
     return 0

@@ -198,7 +198,7 @@ def leaf_text(node: Node) -> str:
     if isinstance(node, Const):
         return "null" if node.value is None else clip(str(node.value))
     if isinstance(node, Choice):
-        return f"{'grid' if node.grid else 'choice'} [{', '.join(leaf_text(o) for o in node.options)}]"
+        return clip(f"{'grid' if node.grid else 'choice'} [{', '.join(leaf_text(o) for o in node.options)}]", 200)
     if isinstance(node, IntRange):
         return f"int [{node.low}, {node.high}] (inclusive)"
     return f"{'loguniform' if node.log else 'uniform'} [{node.low:g}, {node.high:g}]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -226,8 +227,40 @@ def available_fragments(spec_path: Path | None) -> dict[str, Path]:
     return found
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+try:
+    from yaml._yaml import CParser
+
+    class _Parsed(yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml's parser (a few times faster on a large file) under PyYAML's Python composer,
+        which _UniqueKeyLoader bounds (libyaml's own composer recurses in C, unchecked)."""
+
+        def __init__(self, stream: str):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+except ImportError:  # PyYAML built without libyaml
+    _Parsed = yaml.SafeLoader  # type: ignore[misc, assignment]
+
+
+class _UniqueKeyLoader(_Parsed):
+    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last silently),
+    and nesting deeper than MAX_YAML_DEPTH as soon as it is read, before the rest is parsed."""
+
+    depth = 0
+    path = "YAML"  # the file, for messages
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"{self.path}: YAML nested deeper than {MAX_YAML_DEPTH} levels "
+                                f"at line {mark.line + 1}, the limit")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -246,6 +279,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 MAX_YAML_BYTES = 1_000_000  # a spec or fragment file
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings, every alias counted as the copy it stands for
 MAX_YAML_DEPTH = 50  # levels of nesting
+_OPEN_BRACKETS = re.compile(rf"(?:[\[{{]\s*){{{MAX_YAML_DEPTH + 1}}}")
 
 
 def read_yaml(path: Path, what: str) -> dict:
@@ -264,7 +298,10 @@ def read_yaml(path: Path, what: str) -> dict:
         raise SpecError(f"{path}: the {what} file is not UTF-8 text (byte {err.start})") from None
     if not text.strip():
         raise SpecError(f"{path}: the {what} file is empty; it needs a YAML mapping")
+    if _OPEN_BRACKETS.search(text):  # the common nesting bomb, found before PyYAML's scanner reads it
+        raise SpecError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels, the limit")
     loader = _UniqueKeyLoader(text)
+    loader.path = str(path)
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -290,34 +327,34 @@ def read_yaml(path: Path, what: str) -> dict:
 
 def _check_expanded_size(root: yaml.Node, path: Path) -> None:
     """Reject a node graph whose expansion (an alias counts as a copy of its anchor's value) passes
-    MAX_YAML_NODES or MAX_YAML_DEPTH, before anything is constructed. The composer shares one node
-    per anchor, so sizes are memoised per node: the check is linear in the file, not in its expansion."""
-    sizes: dict[int, int] = {}
+    MAX_YAML_NODES values or MAX_YAML_DEPTH levels, before anything is constructed. The composer
+    shares one node per anchor, so size and height are memoised per node: the check is linear in
+    the file, not in its expansion (and an anchor is always walked before its aliases)."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels) once expanded
     in_progress: set[int] = set()
 
-    def size(node: yaml.Node, depth: int) -> int:
-        if depth > MAX_YAML_DEPTH:
-            raise SpecError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels, the limit")
+    def measure(node: yaml.Node) -> tuple[int, int]:
         key = id(node)
-        if key in sizes:
-            return sizes[key]
+        if key in measured:
+            return measured[key]
         if key in in_progress:
             mark = node.start_mark
             raise SpecError(f"{path}: invalid YAML at line {mark.line + 1}: an alias refers to a value containing it")
         in_progress.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child, depth + 1) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        children = ([child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        sizes = [measure(child) for child in children]
         in_progress.discard(key)
-        sizes[key] = total
-        if total > MAX_YAML_NODES:
+        size, height = 1 + sum(s for s, _ in sizes), 1 + max((h for _, h in sizes), default=0)
+        if size > MAX_YAML_NODES:
             raise SpecError(f"{path}: YAML expands to more than {MAX_YAML_NODES:,} values (aliases counted as the "
                             f"copies they stand for), the limit; write the values out or use fewer aliases")
-        return total
+        if height > MAX_YAML_DEPTH:
+            raise SpecError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels (aliases expanded), the limit")
+        measured[key] = (size, height)
+        return size, height
 
-    size(root, 0)
+    measure(root)
 
 
 def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ...] | None = None) -> LoadedSpec:
