@@ -337,3 +337,10 @@ def test_an_unexpected_error_is_one_line_and_debug_raises_it(project: Path, caps
     with pytest.raises(FileNotFoundError):
         main(["ui", "--tracking-uri", str(project / "store"), "--debug"])
     assert not os.environ.get("TRICKSWEEP_DEBUG")
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_report_and_resume_check_the_tracking_uri_first(project: Path, capsys, command: str):
+    assert main([command, "quickstart", "--tracking-uri", "ftp://example.com/mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no tracking store for 'ftp://'" in err, err

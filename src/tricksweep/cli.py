@@ -192,8 +192,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tricksweep.preflight import check_tracking
     from tricksweep.runner import check_address, resume_sweep
+    from tricksweep.tracking import resolve_tracking_uri
 
+    check_tracking(resolve_tracking_uri(args.tracking_uri, None))
     check_address(args.address)
     console = _console()
     outcome = resume_sweep(
