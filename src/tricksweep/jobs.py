@@ -27,6 +27,7 @@ EXCLUDES = [".git", ".venv", "runs", "mlruns", "mlartifacts", "mlflow.db", "*.eg
 
 def connect(address: str, timeout_s: float = 3.0) -> Any:
     """A JobSubmissionClient for the dashboard at ``address`` (http://HOST:8265), or a one-line SpecError."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = address if "://" in address else f"http://{address}"
@@ -36,6 +37,11 @@ def connect(address: str, timeout_s: float = 3.0) -> Any:
     try:
         socket.create_connection((parsed.hostname, parsed.port or 8265), timeout=timeout_s).close()
         return JobSubmissionClient(url)
+    except AuthenticationError as err:
+        refused = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"--address {address}: the cluster has Ray token authentication on and refused this request "
+                        f"({refused}); export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>, "
+                        "as cluster.yaml says") from None
     except Exception as err:  # noqa: BLE001 - refused, timeout, not a Ray dashboard: all the same to the user
         reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
                   if str(err).strip() else type(err).__name__)
