@@ -97,7 +97,7 @@ def token_head(tmp_path_factory):
     token = temp / "cluster_token"
     token.write_text(secrets.token_hex(32))
     with ray_head(temp, token, f"{BIN}{os.pathsep}{os.environ['PATH']}") as address:
-        yield address, token
+        yield address, token, (temp / "ray_current_cluster").read_text().strip()
 
 
 def tricksweep(*args: str, token_path: Path | None, cwd: Path) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def tricksweep(*args: str, token_path: Path | None, cwd: Path) -> subprocess.Com
 
 @pytest.mark.scenario
 def test_without_the_token_a_submission_is_refused_in_one_line(token_head, tmp_path: Path):
-    address, _ = token_head
+    address, _, _ = token_head
     wrong = tmp_path / "wrong_token"
     wrong.write_text(secrets.token_hex(32))
     for token_path, refusal in ((None, "Missing authentication token"), (wrong, "Invalid authentication token")):
@@ -121,7 +121,7 @@ def test_without_the_token_a_submission_is_refused_in_one_line(token_head, tmp_p
 
 @pytest.mark.scenario
 def test_with_the_token_the_job_runs(token_head, tmp_path: Path):
-    address, token = token_head
+    address, token, _ = token_head
     submitted = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,
                            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", str(tmp_path / "runs"),
                            token_path=token, cwd=tmp_path)
@@ -138,6 +138,17 @@ def test_with_the_token_the_job_runs(token_head, tmp_path: Path):
     logs = tricksweep("logs", job_id, "--address", address, token_path=token, cwd=tmp_path)
     assert "SUCCEEDED" in status.stdout, logs.stdout[-3000:]
     assert "best val_accuracy" in logs.stdout
+
+
+@pytest.mark.scenario
+def test_a_driver_without_the_token_is_refused_in_one_line(token_head, tmp_path: Path):
+    _, _, gcs = token_head
+    done = tricksweep("run", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", gcs, token_path=None,
+                      cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "token authentication on and refused this driver (RPC error: InvalidAuthToken" in done.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in done.stderr and not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.scenario

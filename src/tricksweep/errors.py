@@ -14,6 +14,8 @@ from typing import Any
 VALUE_CHARS = 80  # a value echoed in an error: enough to recognise it, short enough to read
 ERROR_CHARS = 600  # a whole error line (lists of valid names included)
 ELLIPSIS = "…"
+# How a client sends the token of a cluster with Ray's token authentication on (cluster.yaml's).
+RAY_TOKEN_FIX = "export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>, as cluster.yaml says"
 
 
 def clip(text: str, limit: int = VALUE_CHARS) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tricksweep.errors import SpecError
+from tricksweep.errors import RAY_TOKEN_FIX, SpecError
 from tricksweep.spec import load_spec
 
 # Never uploaded, even without a .gitignore: local results, stores and environments.
@@ -40,8 +40,7 @@ def connect(address: str, timeout_s: float = 3.0) -> Any:
     except AuthenticationError as err:
         refused = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError(f"--address {address}: the cluster has Ray token authentication on and refused this request "
-                        f"({refused}); export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file>, "
-                        "as cluster.yaml says") from None
+                        f"({refused}); {RAY_TOKEN_FIX}") from None
     except Exception as err:  # noqa: BLE001 - refused, timeout, not a Ray dashboard: all the same to the user
         reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
                   if str(err).strip() else type(err).__name__)

@@ -28,7 +28,7 @@ from ray import tune
 from tricksweep import leaderboard, preflight, search
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress
-from tricksweep.errors import SpecError
+from tricksweep.errors import RAY_TOKEN_FIX, SpecError
 from tricksweep.leaderboard import ConfigRow
 from tricksweep.records import TrialRecord
 from tricksweep.searchers import pending_trials_limit
@@ -249,6 +249,10 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
         GcsClient(address=target).cluster_id  # noqa: B018 - the call is the check
     except Exception as err:  # noqa: BLE001 - any failure means no usable GCS there
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "InvalidAuthToken" in reason:
+            refused = reason.split(". ")[0]
+            raise SpecError(f"--address {address}: the cluster has Ray token authentication on and refused this "
+                            f"driver ({refused}); {RAY_TOKEN_FIX}") from None
         raise SpecError(f"--address {address}: not a Ray cluster's GCS port ({reason})") from None
     finally:
         os.dup2(saved_stderr, 2)
