@@ -37,12 +37,16 @@ def test_node_types_are_consistent(cluster):
             assert node["resources"].get("GPU", 0) >= 1, f"{name}: {instance} has a GPU that Ray is not told about"
 
 
-def test_every_ray_start_sets_the_auth_mode_explicitly(cluster):
+def test_every_ray_start_turns_token_auth_on_with_a_token_kept_outside_the_repository(cluster):
     starts = [
         c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key] if "ray start" in c
     ]
     assert len(starts) == 2
-    assert all("RAY_AUTH_MODE=" in c for c in starts)
+    assert all("RAY_AUTH_MODE=token" in c for c in starts)
+    # the token reaches every node (file_mounts go to all of them) at Ray's default path, from the laptop's home
+    mounted = cluster["file_mounts"]["/home/ubuntu/.ray/auth_token"]
+    assert mounted.startswith("~/.ray/")
+    assert "export RAY_AUTH_MODE=token" in " ".join(cluster["setup_commands"])  # drivers started by `ray exec`
 
 
 def test_services_listen_on_loopback_only(cluster):

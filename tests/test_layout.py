@@ -28,6 +28,7 @@ LAYERS = [
     {"analysis"},
     {"plots"},
     {"report"},
+    {"preflight"},  # driver side: storage, tracking, dataset and weights checked before Ray starts
     {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver

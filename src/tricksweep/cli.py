@@ -16,9 +16,10 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from tricksweep.errors import SpecError
+from tricksweep.errors import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
 
@@ -26,18 +27,32 @@ EXIT_BAD_INPUT = 2
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("TRICKSWEEP_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except SpecError as err:
+        if debug:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Not a mistake the engine recognised: still one line, the traceback for those who ask.
+        if debug:
+            raise
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reason = f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+        print(f"error: {one_line(reason)} (the traceback: tricksweep --debug ... or TRICKSWEEP_DEBUG=1)",
+              file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tricksweep", description="Hyperparameter sweeps over deep-learning tricks.")
+    debug_help = "show the traceback behind an error (also TRICKSWEEP_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a sweep spec; print its space, trial count and epoch budget")
@@ -94,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -162,19 +180,24 @@ def _auto_report(console, outcome, top: int) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from tricksweep.preflight import check_tracking
     from tricksweep.report import build_report, print_report
     from tricksweep.tracking import resolve_tracking_uri
 
     console = _console()
     uri = resolve_tracking_uri(args.tracking_uri, None)
+    check_tracking(uri)
     report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top)
     print_report(report, console, args.top)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from tricksweep.preflight import check_tracking
     from tricksweep.runner import check_address, resume_sweep
+    from tricksweep.tracking import resolve_tracking_uri
 
+    check_tracking(resolve_tracking_uri(args.tracking_uri, None))
     check_address(args.address)
     console = _console()
     outcome = resume_sweep(

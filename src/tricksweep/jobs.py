@@ -21,12 +21,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tricksweep import shipping
-from tricksweep.errors import SpecError
+from tricksweep.errors import RAY_TOKEN_FIX, SpecError
 from tricksweep.spec import load_spec
 
 
 def connect(address: str, timeout_s: float = 3.0) -> Any:
     """A JobSubmissionClient for the dashboard at ``address`` (http://HOST:8265), or a one-line SpecError."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = address if "://" in address else f"http://{address}"
@@ -36,6 +37,10 @@ def connect(address: str, timeout_s: float = 3.0) -> Any:
     try:
         socket.create_connection((parsed.hostname, parsed.port or 8265), timeout=timeout_s).close()
         return JobSubmissionClient(url)
+    except AuthenticationError as err:
+        refused = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"--address {address}: the cluster has Ray token authentication on and refused this request "
+                        f"({refused}); {RAY_TOKEN_FIX}") from None
     except Exception as err:  # noqa: BLE001 - refused, timeout, not a Ray dashboard: all the same to the user
         reason = (getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
                   if str(err).strip() else type(err).__name__)
@@ -83,15 +88,55 @@ def submit(
         "py_modules": [str(package_dir), str(package_dir.parent.parent / "trainables"), *map(str, code)],
         "env_vars": {"RAY_AIR_NEW_OUTPUT": "0", **shipping.shipped_env(code)},
     }
-    # A head that has just started may not have its job agent up yet: wait for it a little.
+    check_entrypoint_python(client, address)
+    return _submit_job(client, address, entrypoint=shlex.join(command), runtime_env=runtime_env)
+
+
+def _submit_job(client: Any, address: str, **job: Any) -> str:
+    """``client.submit_job(**job)``; a head that has just started may not have its job agent up
+    yet: wait for it a little."""
     deadline = time.monotonic() + 60
     while True:
         try:
-            return client.submit_job(entrypoint=shlex.join(command), runtime_env=runtime_env)
+            return client.submit_job(**job)
         except RuntimeError as err:
             if "No available agent" not in str(err) or time.monotonic() > deadline:
                 raise SpecError(f"submit to {address}: {str(err).strip().splitlines()[-1]}") from None
             time.sleep(2)
+
+
+# What the job's driver imports first; find_spec looks them up without importing them (seconds saved).
+DRIVER_MODULES = ("ray", "mlflow", "torch", "torchvision", "pydantic", "yaml", "optuna")
+_PROBE = (
+    "import importlib.util, sys; "
+    "missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]; "
+    "print('tricksweep-probe', sys.executable, *missing); sys.exit(3 if missing else 0)"
+)
+
+
+def check_entrypoint_python(client: Any, address: str, timeout_s: float = 120) -> None:
+    """The head runs a job's entrypoint with the first ``python`` on the PATH ``ray start`` had,
+    which need not be Ray's own (``.venv/bin/ray start`` with the venv not on PATH). A tiny job
+    asks that ``python`` for the driver's modules, so a head that cannot run the sweep says so,
+    in one line, before a job id is handed out."""
+    probe = _submit_job(client, address, entrypoint=shlex.join(["python", "-c", _PROBE, *DRIVER_MODULES]))
+    deadline = time.monotonic() + timeout_s
+    while (status := str(client.get_job_status(probe))) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if time.monotonic() > deadline:
+            return  # a busy head: the job itself will tell
+        time.sleep(0.5)
+    if status == "SUCCEEDED":
+        return
+    output = client.get_job_logs(probe)
+    answer = next((line.split()[1:] for line in output.splitlines() if line.startswith("tricksweep-probe ")), None)
+    fix = ("start Ray on the head with its environment first on PATH (PATH=~/venv/bin:$PATH ray start ...), "
+           "or install tricksweep's dependencies for that python")
+    if answer:
+        python, *missing = answer
+        raise SpecError(f"submit to {address}: the head runs jobs with `python` = {python}, which cannot import "
+                        f"{', '.join(missing)}; {fix}")
+    last = (output.strip().splitlines() or [status])[-1]
+    raise SpecError(f"submit to {address}: the head cannot run a job's `python` ({last.strip()}); {fix}")
 
 
 def info(job_id: str, address: str) -> Any:

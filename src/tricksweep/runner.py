@@ -25,10 +25,10 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tricksweep import leaderboard, search, shipping
+from tricksweep import leaderboard, preflight, search, shipping
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress
-from tricksweep.errors import SpecError
+from tricksweep.errors import RAY_TOKEN_FIX, SpecError
 from tricksweep.leaderboard import ConfigRow
 from tricksweep.records import TrialRecord
 from tricksweep.searchers import pending_trials_limit
@@ -102,9 +102,11 @@ def resolve(loaded: LoadedSpec, *, smoke: bool, tracking_uri: str | None, storag
     if smoke:
         loaded = loaded.smoke()
     uri = resolve_tracking_uri(tracking_uri, loaded.spec.tracking.uri)
+    storage_path = _storage_path(storage or loaded.spec.storage)
+    preflight.check(loaded, tracking_uri=uri, storage_path=storage_path)  # one line and exit 2, before Ray/MLflow
     loaded = resolve_sources(loaded, uri, echo)  # init.source {sweep: ...} / {mlflow: ...} -> local files
     run_name = f"{loaded.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Resolved(loaded, uri, _storage_path(storage or loaded.spec.storage), run_name, smoke)
+    return Resolved(loaded, uri, storage_path, run_name, smoke)
 
 
 def _storage_path(value: str | None) -> str:
@@ -247,6 +249,10 @@ def check_address(address: str | None, timeout_s: float = 3.0) -> None:
         GcsClient(address=target).cluster_id  # noqa: B018 - the call is the check
     except Exception as err:  # noqa: BLE001 - any failure means no usable GCS there
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "InvalidAuthToken" in reason:
+            refused = reason.split(". ")[0]
+            raise SpecError(f"--address {address}: the cluster has Ray token authentication on and refused this "
+                            f"driver ({refused}); {RAY_TOKEN_FIX}") from None
         raise SpecError(f"--address {address}: not a Ray cluster's GCS port ({reason})") from None
     finally:
         os.dup2(saved_stderr, 2)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tricksweep.errors import SpecError
+from tricksweep.errors import SpecError, clip, shown
 
 DOMAIN_KEYS = ("choice", "grid", "uniform", "loguniform", "int", "const")
 
@@ -69,33 +69,47 @@ def parse(raw: Any, path: str = "space") -> Node:
     if isinstance(raw, dict) and not is_domain(raw):
         for key in raw:
             if not isinstance(key, str):
-                raise SpecError(f"{path}: parameter name {key!r} must be a string")
+                raise SpecError(f"{clip(path)}: parameter name {shown(key)} must be a string")
         return {key: parse(value, f"{path}.{key}") for key, value in raw.items()}
     if not isinstance(raw, dict):
-        return Const(raw)
+        return Const(finite(raw, path))
     kind, arg = next(iter(raw.items()))
-    where = f"{path}.{kind}"
+    where = clip(f"{path}.{kind}")
     if kind == "const":
-        return Const(arg)
+        return Const(finite(arg, where))
     if kind in ("choice", "grid"):
         if not isinstance(arg, list) or not arg:
-            raise SpecError(f"{where} = {arg!r}: must be a non-empty list of options")
+            raise SpecError(f"{where} = {shown(arg)}: must be a non-empty list of options")
         return Choice(tuple(parse(o, f"{where}[{i}]") for i, o in enumerate(arg)), grid=kind == "grid")
     if not (isinstance(arg, list) and len(arg) == 2):
-        raise SpecError(f"{where} = {arg!r}: must be a list [low, high]")
+        raise SpecError(f"{where} = {shown(arg)}: must be a list [low, high]")
     low, high = arg
     numeric = (int,) if kind == "int" else (int, float)
     for name, v in (("low", low), ("high", high)):
         if isinstance(v, bool) or not isinstance(v, numeric) or (isinstance(v, float) and not math.isfinite(v)):
-            rule = "an integer" if kind == "int" else "a finite number"
-            raise SpecError(f"{where} {name} = {v!r}: must be {rule}")
+            rule = "an integer" if kind == "int" else "a finite number, not a boolean"
+            raise SpecError(f"{where} {name} = {shown(v)}: must be {rule}")
     if low > high:
-        raise SpecError(f"{where} = [{low}, {high}]: low {low} is greater than high {high}; must be low <= high")
+        raise SpecError(f"{where} = [{shown(low)}, {shown(high)}]: low is greater than high; must be low <= high")
     if kind == "int":
         return IntRange(low, high)
     if kind == "loguniform" and low <= 0:
         raise SpecError(f"{where} low = {low}: must be > 0 on a log scale")
     return Uniform(float(low), float(high), log=kind == "loguniform")
+
+
+def finite(value: Any, path: str) -> Any:
+    """``value`` unchanged, or SpecError where it is or holds a float that is not finite (``.inf``,
+    ``.nan``): no parameter means that, and Tune, Optuna and MLflow each treat it differently."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{clip(path)} = {value}: must be a finite number")
+    if isinstance(value, dict):
+        for key, child in value.items():
+            finite(child, f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, child in enumerate(value):
+            finite(child, f"{path}[{i}]")
+    return value
 
 
 def to_tune(node: Node, enumerate_ranges: bool = False, path: str = "space") -> Any:
@@ -182,9 +196,9 @@ def describe(node: Node, indent: int = 0) -> list[str]:
 
 def leaf_text(node: Node) -> str:
     if isinstance(node, Const):
-        return "null" if node.value is None else str(node.value)
+        return "null" if node.value is None else clip(str(node.value))
     if isinstance(node, Choice):
-        return f"{'grid' if node.grid else 'choice'} [{', '.join(leaf_text(o) for o in node.options)}]"
+        return clip(f"{'grid' if node.grid else 'choice'} [{', '.join(leaf_text(o) for o in node.options)}]", 200)
     if isinstance(node, IntRange):
         return f"int [{node.low}, {node.high}] (inclusive)"
     return f"{'loguniform' if node.log else 'uniform'} [{node.low:g}, {node.high:g}]"

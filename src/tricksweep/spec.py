@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -21,11 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainables.contract import ContractError, Trainable
 from tricksweep import search
 from tricksweep import space as dsl
-from tricksweep.errors import SpecError, did_you_mean, unknown_name
+from tricksweep.errors import ELLIPSIS, SpecError, clip, did_you_mean, shown, unknown_name
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `trials: true` is not 1, `trials: 2.5` is not 2; allow_inf_nan: every float is finite.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# A sweep's name becomes its Tune folder <storage>/<name>-YYYYmmdd-HHMMSS (one path component:
+# NAME_MAX, 255 bytes), its report folder reports/<name> and its MLflow experiment (500 characters).
+NAME_MAX = 255
+RUN_NAME_SUFFIX = len("-YYYYmmdd-HHMMSS")
+MAX_NAME_LENGTH = NAME_MAX - RUN_NAME_SUFFIX
 
 
 class Budget(Strict):
@@ -57,7 +66,10 @@ class Resources(Strict):
 
 class Tracking(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
-    experiment: str | None = Field(None, description="MLflow experiment (default: the sweep name)")
+    experiment: str | None = Field(
+        None, min_length=1, max_length=NAME_MAX,
+        description=f"MLflow experiment (default: the sweep name); also the report folder, so <= {NAME_MAX} characters",
+    )
 
 
 class Checkpointing(Strict):
@@ -118,7 +130,10 @@ class Claim(Strict):
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="sweep name: letters, digits, _ . -")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=MAX_NAME_LENGTH,
+        description=f"sweep name: letters, digits, _ . -; at most {MAX_NAME_LENGTH} characters (it names folders)",
+    )
     description: str = ""
     trainable: str = Field(
         "classifier", description="a registered name (tricksweep ls) or an import string 'pkg.module[:function]'"
@@ -234,8 +249,40 @@ def available_fragments(spec_path: Path | None) -> dict[str, Path]:
     return found
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
+try:
+    from yaml._yaml import CParser
+
+    class _Parsed(yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml's parser (a few times faster on a large file) under PyYAML's Python composer,
+        which _UniqueKeyLoader bounds (libyaml's own composer recurses in C, unchecked)."""
+
+        def __init__(self, stream: str):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+except ImportError:  # PyYAML built without libyaml
+    _Parsed = yaml.SafeLoader  # type: ignore[misc, assignment]
+
+
+class _UniqueKeyLoader(_Parsed):
+    """A safe loader that rejects a key given twice in one mapping (PyYAML keeps the last silently),
+    and nesting deeper than MAX_YAML_DEPTH as soon as it is read, before the rest is parsed."""
+
+    depth = 0
+    path = "YAML"  # the file, for messages
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"{self.path}: YAML nested deeper than {MAX_YAML_DEPTH} levels "
+                                f"at line {mark.line + 1}, the limit")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -243,31 +290,93 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} defined twice in one mapping", key_node.start_mark
+                    None, None, f"key {shown(key)} defined twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
+# Parsing is bounded: a few hundred bytes of nested YAML aliases ("billion laughs") expand to
+# billions of nodes, and a spec file has no business being megabytes long.
+MAX_YAML_BYTES = 1_000_000  # a spec or fragment file
+MAX_YAML_NODES = 100_000  # scalars, lists and mappings, every alias counted as the copy it stands for
+MAX_YAML_DEPTH = 50  # levels of nesting
+_OPEN_BRACKETS = re.compile(rf"(?:[\[{{]\s*){{{MAX_YAML_DEPTH + 1}}}")
+
+
 def read_yaml(path: Path, what: str) -> dict:
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: no such {what} file") from None
     except OSError as err:
         raise SpecError(f"{path}: cannot read {what} file ({err.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise SpecError(f"{path}: the {what} file is larger than {MAX_YAML_BYTES:,} bytes, the limit for a YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: the {what} file is not UTF-8 text (byte {err.start})") from None
     if not text.strip():
         raise SpecError(f"{path}: the {what} file is empty; it needs a YAML mapping")
+    if _OPEN_BRACKETS.search(text):  # the common nesting bomb, found before PyYAML's scanner reads it
+        raise SpecError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels, the limit")
+    loader = _UniqueKeyLoader(text)
+    loader.path = str(path)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expanded_size(node, path)
+        data = loader.construct_document(node) if node is not None else None
+    except SpecError:
+        raise
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels, the limit") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise SpecError(f"{path}: invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the {what} must be a YAML mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _check_expanded_size(root: yaml.Node, path: Path) -> None:
+    """Reject a node graph whose expansion (an alias counts as a copy of its anchor's value) passes
+    MAX_YAML_NODES values or MAX_YAML_DEPTH levels, before anything is constructed. The composer
+    shares one node per anchor, so size and height are memoised per node: the check is linear in
+    the file, not in its expansion (and an anchor is always walked before its aliases)."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels) once expanded
+    in_progress: set[int] = set()
+
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        key = id(node)
+        if key in measured:
+            return measured[key]
+        if key in in_progress:
+            mark = node.start_mark
+            raise SpecError(f"{path}: invalid YAML at line {mark.line + 1}: an alias refers to a value containing it")
+        in_progress.add(key)
+        children = ([child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        sizes = [measure(child) for child in children]
+        in_progress.discard(key)
+        size, height = 1 + sum(s for s, _ in sizes), 1 + max((h for _, h in sizes), default=0)
+        if size > MAX_YAML_NODES:
+            raise SpecError(f"{path}: YAML expands to more than {MAX_YAML_NODES:,} values (aliases counted as the "
+                            f"copies they stand for), the limit; write the values out or use fewer aliases")
+        if height > MAX_YAML_DEPTH:
+            raise SpecError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels (aliases expanded), the limit")
+        measured[key] = (size, height)
+        return size, height
+
+    measure(root)
 
 
 def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ...] | None = None) -> LoadedSpec:
@@ -285,6 +394,7 @@ def load_spec(source: str | Path | dict[str, Any], *, search_path: tuple[str, ..
     except ValidationError as err:
         raise SpecError(format_validation_error(err, SweepSpec)) from None
 
+    dsl.finite(spec.dataset, "dataset")
     spec = _with_code_dir(spec, path)
     folders = search_path or code_paths(path, spec.code.dir)
     trainable = resolve_trainable(spec.trainable, folders)
@@ -323,16 +433,16 @@ def resolve_trainable(name: str, folders: tuple[str, ...]) -> Trainable:
     try:
         return load(target)
     except ContractError as err:
-        raise SpecError(f"trainable = {name!r}: {err}") from None
+        raise SpecError(f"trainable = {shown(name)}: {clip(str(err), 300)}") from None
     except ModuleNotFoundError as err:
         if name not in TRAINABLES and "." not in name and ":" not in name:
             # A bare word is more likely a misspelt registered name than a top-level module.
             registered = ", ".join(sorted(TRAINABLES))
-            raise SpecError(f"trainable = {name!r}: unknown trainable{did_you_mean(name, TRAINABLES)}; "
+            raise SpecError(f"trainable = {shown(name)}: unknown trainable{did_you_mean(name, TRAINABLES)}; "
                             f"registered: {registered}; or an import string 'package.module[:function]' "
-                            f"(no module named {err.name!r} in {os.pathsep.join(folders)} or the installed packages)"
-                            ) from None
-        raise SpecError(f"trainable = {name!r}: no module named {err.name!r} in {os.pathsep.join(folders)} "
+                            f"(no module named {shown(err.name)} in {os.pathsep.join(folders)} "
+                            "or the installed packages)") from None
+        raise SpecError(f"trainable = {shown(name)}: no module named {shown(err.name)} in {os.pathsep.join(folders)} "
                         "or the installed packages") from None
 
 
@@ -346,7 +456,7 @@ def _check_claims(spec: SweepSpec, parsed: dict) -> None:
                                  ("versus_where", keys_of(claim.versus_where))):
             for key in keys:
                 if key not in names:
-                    raise SpecError(f"claims[{i}].{field_name} = {key!r}: not a parameter of this space"
+                    raise SpecError(f"claims[{i}].{field_name} = {shown(key)}: not a parameter of this space"
                                     f"{did_you_mean(key, sorted(names))}")
 
 
@@ -362,7 +472,7 @@ def _merge_fragments(spec: SweepSpec, path: Path | None) -> tuple[dict, dict[str
         for key in _leaf_paths(fragment):
             if key in owner:
                 raise SpecError(
-                    f"include: parameter '{key}' is defined by both fragments '{owner[key]}' and '{name}'; "
+                    f"include: parameter {shown(key)} is defined by both fragments '{owner[key]}' and '{name}'; "
                     f"define it once, or override it under space:"
                 )
             owner[key] = name
@@ -398,14 +508,32 @@ def check_against_trainable(spec: SweepSpec, parsed: dict, trainable: Trainable)
             data = config_cls.model_validate({"data": spec.dataset}).data
         except ValidationError as err:
             raise SpecError(format_validation_error(err, config_cls, rename={"data": "dataset"})) from None
+        _no_bool_as_number(spec.dataset, data, "dataset")
         spec.dataset = data.model_dump(mode="json", exclude_unset=True)  # relative roots made absolute
     for corner in dsl.corners(parsed):
         # space.data: swept dataset fields
         values = {**corner, "data": {**spec.dataset, **corner.get("data", {})}} if takes_data else corner
         try:
-            config_cls.model_validate(values)
+            validated = config_cls.model_validate(values)
         except ValidationError as err:
             raise SpecError(format_validation_error(err, config_cls, prefix="space.")) from None
+        _no_bool_as_number(corner, validated, "space")
+
+
+def _no_bool_as_number(given: Any, validated: Any, path: str) -> None:
+    """SpecError where a trainable's config took a boolean as a number (pydantic reads ``lr: true``
+    as 1.0 unless the field is strict): walks what was given beside what it became."""
+    if isinstance(given, bool):
+        if isinstance(validated, (int, float)) and not isinstance(validated, bool):
+            raise SpecError(f"{clip(path)} = {given}: must be a number, not a boolean")
+    elif isinstance(given, dict):
+        for key, child in given.items():
+            target = validated.get(key) if isinstance(validated, dict) else getattr(validated, str(key), None)
+            if target is not None:
+                _no_bool_as_number(child, target, f"{path}.{key}")
+    elif isinstance(given, (list, tuple)) and isinstance(validated, (list, tuple)):
+        for i, (child, target) in enumerate(zip(given, validated, strict=False)):
+            _no_bool_as_number(child, target, f"{path}[{i}]")
 
 
 def format_validation_error(
@@ -417,10 +545,10 @@ def format_validation_error(
     loc = list(first["loc"])
     fields, option = _fields_at(model, loc[:-1]) if loc else (None, None)
     # Discriminated unions put the option's name into loc ("optimizer.adam.lr"); users wrote "optimizer.lr".
-    shown = [str(p) for p in loc if not (option and p == option)]
-    if rename and shown and shown[0] in rename:
-        shown[0] = rename[shown[0]]
-    where = prefix + ".".join(shown) if shown else prefix.rstrip(".") or "spec"
+    parts = [str(p) for p in loc if not (option and p == option)]
+    if rename and parts and parts[0] in rename:
+        parts[0] = rename[parts[0]]
+    where = clip(prefix + ".".join(parts) if parts else prefix.rstrip(".") or "spec")
     kind = first["type"]
     value = first.get("input")
     if kind == "extra_forbidden":
@@ -428,7 +556,7 @@ def format_validation_error(
         valid = ", ".join(fields or [])
         msg = f"{where}: unknown key{did_you_mean(loc[-1], fields or [])}; {owner}accepts: {valid}"
         if option:
-            msg = f"{where} = {value!r}: {option!r} does not take '{loc[-1]}' (accepts: {valid})"
+            msg = f"{where} = {shown_value(value)}: {option!r} does not take {shown(loc[-1])} (accepts: {valid})"
     elif kind == "missing":
         msg = f"{where}: required key is missing"
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
@@ -436,13 +564,22 @@ def format_validation_error(
         valid = [t.strip().strip("'") for t in str(tags).split(",") if t.strip()]
         tag = first.get("ctx", {}).get("tag", value)
         key = first.get("ctx", {}).get("discriminator", "name").strip("'")
-        msg = f"{where}.{key} = {tag!r}: unknown option{did_you_mean(tag, valid)}; valid: {', '.join(valid)}"
+        msg = f"{where}.{key} = {shown(tag)}: unknown option{did_you_mean(tag, valid)}; valid: {', '.join(valid)}"
+    elif kind == "string_too_long" and model is SweepSpec and loc == ["name"]:
+        msg = (f"name = {shown_value(value)}: {len(value)} characters, at most {MAX_NAME_LENGTH}: the sweep's Tune "
+               f"folder <name>-YYYYmmdd-HHMMSS must fit a file name ({NAME_MAX} bytes)")
     else:
-        rule = first["msg"].removeprefix("Value error, ")
+        rule = clip(first["msg"].removeprefix("Value error, "), 300)
         msg = (rule if rule.startswith(tuple(f"{f}" for f in ("scheduler.", "budget.")))
-               else f"{where} = {value!r}: {rule}")
+               else f"{where} = {shown_value(value)}: {rule}")
     more = len(errors) - 1
     return msg + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def shown_value(value: Any) -> str:
+    """A value as echoed in an error: bounded, and a long string says how long it was."""
+    text = shown(value)
+    return f"{text} ({len(value):,} characters)" if isinstance(value, str) and text.endswith(ELLIPSIS) else text
 
 
 def _fields_at(model: Any, loc: list) -> tuple[list[str] | None, str | None]:

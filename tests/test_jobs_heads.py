@@ -1,0 +1,173 @@
+"""Ray Jobs against real heads started as a careful or a careless operator starts them.
+
+- Token authentication on (``RAY_AUTH_MODE=token``, as cluster.yaml starts its nodes): a client
+  without the cluster's token is refused with one line, one with it submits a sweep that runs.
+- ``ray start`` run with a PATH whose ``python`` is not Ray's (the venv's ``ray`` by its full
+  path): ``submit`` says which interpreter lacks what, before handing out a job id.
+
+Clients run as their own processes, as on a laptop: Ray caches the auth mode and token per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port
+
+BIN = Path(sys.executable).parent
+# A probe job run with the token: the dashboard's URL, once the head can run jobs.
+READY = """
+import sys, time
+from ray._raylet import GcsClient
+from ray.job_submission import JobSubmissionClient
+temp, deadline = sys.argv[1], time.monotonic() + 180
+address = probe = last = None
+while time.monotonic() < deadline:
+    try:
+        if address is None:
+            url = GcsClient(address=open(temp + "/ray_current_cluster").read().strip()).internal_kv_get(
+                b"webui:url", b"dashboard")
+            address = f"http://{url.decode()}" if url else None
+        if address is not None:
+            client = JobSubmissionClient(address)
+            probe = probe or client.submit_job(entrypoint="python -c pass")
+            if str(client.get_job_status(probe)) == "SUCCEEDED":
+                print(address)
+                sys.exit(0)
+    except Exception as err:
+        last = err
+    time.sleep(1)
+sys.exit(f"not ready: {last!r}")
+"""
+
+
+def client_env(token_path: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    if token_path is None:
+        env["RAY_AUTH_MODE"] = "disabled"  # explicit: a ~/.ray/auth_token would otherwise turn it on for `ray start`
+    else:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+    return env
+
+
+@contextlib.contextmanager
+def ray_head(temp: Path, token: Path | None, path: str) -> Iterator[str]:
+    """A one-node cluster in its own process tree (`ray start` by its full path, with ``PATH`` =
+    ``path``), its dashboard URL once it has run a job; stopped by PID at the end."""
+    env = {**client_env(token), "PATH": path, "AUTOSCALER_METRIC_PORT": "0", "DASHBOARD_METRIC_PORT": "0"}
+    log = (temp / "ray-start.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", "--dashboard-port=0", "--dashboard-agent-listen-port=0",
+         f"--ray-client-server-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
+         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        while not (temp / "ray_current_cluster").exists():
+            assert proc.poll() is None, (temp / "ray-start.log").read_text()[-3000:]
+            time.sleep(1)
+        ready = subprocess.run([sys.executable, "-c", READY, str(temp)], env=client_env(token), capture_output=True,
+                               text=True, timeout=240)
+        assert ready.returncode == 0, ready.stderr[-3000:]
+        yield ready.stdout.strip()
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """(dashboard URL, token file) of a head with token auth on."""
+    temp = tmp_path_factory.mktemp("authhead")
+    token = temp / "cluster_token"
+    token.write_text(secrets.token_hex(32))
+    with ray_head(temp, token, f"{BIN}{os.pathsep}{os.environ['PATH']}") as address:
+        yield address, token, (temp / "ray_current_cluster").read_text().strip()
+
+
+def tricksweep(*args: str, token_path: Path | None, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tricksweep.cli", *args], env=client_env(token_path), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.scenario
+def test_without_the_token_a_submission_is_refused_in_one_line(token_head, tmp_path: Path):
+    address, _, _ = token_head
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    for token_path, refusal in ((None, "Missing authentication token"), (wrong, "Invalid authentication token")):
+        done = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,
+                          token_path=token_path, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert "token authentication on and refused" in done.stderr and refusal in done.stderr
+        assert "RAY_AUTH_TOKEN_PATH" in done.stderr and done.stdout == ""
+
+
+@pytest.mark.scenario
+def test_with_the_token_the_job_runs(token_head, tmp_path: Path):
+    address, token, _ = token_head
+    submitted = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", str(tmp_path / "runs"),
+                           token_path=token, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job_id = submitted.stdout.strip()
+    deadline = time.monotonic() + 300
+    while True:
+        status = tricksweep("status", job_id, "--address", address, token_path=token, cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        if any(word in status.stdout for word in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(2)
+    logs = tricksweep("logs", job_id, "--address", address, token_path=token, cwd=tmp_path)
+    assert "SUCCEEDED" in status.stdout, logs.stdout[-3000:]
+    assert "best val_accuracy" in logs.stdout
+
+
+@pytest.mark.scenario
+def test_a_driver_without_the_token_is_refused_in_one_line(token_head, tmp_path: Path):
+    _, _, gcs = token_head
+    done = tricksweep("run", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", gcs, token_path=None,
+                      cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "token authentication on and refused this driver (RPC error: InvalidAuthToken" in done.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in done.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.scenario
+def test_a_head_whose_python_lacks_ray_is_named_before_a_job_id(tmp_path_factory, tmp_path: Path):
+    system_python = Path("/usr/bin/python3")
+    lacks_ray = system_python.exists() and subprocess.run([system_python, "-c", "import ray"],
+                                                          capture_output=True).returncode != 0
+    if not lacks_ray:
+        pytest.skip("needs a system python3 without ray")
+    bin_dir = tmp_path / "bin"  # what PATH finds first on a head started as `.venv/bin/ray start --head`
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(system_python)
+    temp = tmp_path_factory.mktemp("barehead")
+    with ray_head(temp, None, f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin") as address:
+        started = time.monotonic()
+        done = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,
+                          token_path=None, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert f"`python` = {bin_dir / 'python'}, which cannot import ray, " in done.stderr, done.stderr
+        assert "PATH=" in done.stderr and done.stdout == ""
+        assert time.monotonic() - started < 60
