@@ -69,7 +69,7 @@ def test_a_factory_returning_tensors_is_swept_with_asha_and_recorded(ray_local, 
 def test_a_factory_returning_datasets_is_streamed_in_a_sweep(ray_local, project: Path):
     outcome, children = swept(project, "datasets.yaml")
     assert outcome.errors == 0 and len(children) == 4
-    assert outcome.best_value > 0.3
+    assert outcome.best_value > 0.2  # twice chance
     assert {c.data.tags[STATUS_TAG] for c in children} <= {"completed", "stopped_by_asha"}
 
 
@@ -119,6 +119,21 @@ def test_image_folder_streams_png_files_with_the_in_memory_results(tmp_path: Pat
         expected = records({**options, "stream": False}, **tricks)
         for workers in (0, 2):
             assert records({**options, "stream": True, "loader_workers": workers}, **tricks) == expected
+
+
+def test_a_streamed_trial_resumes_bit_for_bit(tmp_path: Path, one_thread):
+    synthetic_data.write_image_folder(tmp_path, classes=3, n_per_class=12, size=10)
+    config = Config(data={"name": "image_folder", "root": str(tmp_path), "size": 8, "stream": True},
+                    model={"name": "cnn", "width": 4}, epochs=2, augment=AUGMENT, dropout=0.3)
+    first = ListReport()
+    train(config, first)
+    resumed = ListReport(resume_from=first.checkpoints[0])
+    train(config, resumed)
+    assert resumed.epochs == [2]
+    drop = {"epoch_time_s"}
+    assert {k: v for k, v in resumed.records[0].items() if k not in drop} == {
+        k: v for k, v in first.records[1].items() if k not in drop
+    }
 
 
 def test_auto_streams_only_what_exceeds_the_memory_budget(tmp_path: Path):
