@@ -151,9 +151,13 @@ def test_normalization_of_streamed_data_reads_a_bounded_sample(tmp_path: Path, m
     synthetic_data.write_image_folder(tmp_path, classes=3, n_per_class=12, size=8)
     split = data.load(Config(data={"name": "image_folder", "root": str(tmp_path), "stream": True}).data)
     monkeypatch.setattr(data, "STATS_SAMPLE", 7)
-    sample = classifier._stats_sample(split, torch.device("cpu"))
-    assert sample.shape[0] == 7 and sample.dtype == torch.uint8
-    assert torch.equal(sample, classifier._stats_sample(split, torch.device("cpu")))  # seeded: the same each trial
+
+    def sample():
+        batches = data.EpochBatches(len(split.train), 4)
+        return classifier._stats_sample(split.loader(split.train, batches, pin=False), batches, torch.device("cpu"))
+
+    assert sample().shape[0] == 7 and sample().dtype == torch.uint8
+    assert torch.equal(sample(), sample())  # seeded: the same sample in every trial
 
 
 def test_a_factory_that_breaks_the_contract_says_how_in_one_line(project: Path):

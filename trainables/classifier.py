@@ -106,7 +106,10 @@ def train(cfg: Config, report) -> None:
     split = data.load(cfg.data)
     streamed = isinstance(split, data.Streamed)
     if streamed:
-        pixels = _unit(_stats_sample(split, device))
+        epoch_batches = data.EpochBatches(len(split.train), cfg.batch_size)
+        # One loader for the statistics' sample and the epochs: its worker processes start once.
+        train_loader = split.loader(split.train, epoch_batches, pin=device.type == "cuda")
+        pixels = _unit(_stats_sample(train_loader, epoch_batches, device))
     else:
         y_train = split.y_train.to(device, non_blocking=True)
         x_train = split.x_train.to(device, non_blocking=True)
@@ -129,8 +132,6 @@ def train(cfg: Config, report) -> None:
     if streamed:
         pin = device.type == "cuda"
         n = len(split.train)
-        epoch_batches = data.EpochBatches(n, cfg.batch_size)
-        train_loader = split.loader(split.train, epoch_batches, pin)
         val_loader = split.loader(split.val, data.EpochBatches(len(split.val), EVAL_BATCH), pin)
 
         def batches(order):
@@ -293,18 +294,22 @@ def _unit(x):
     return x.float().div_(255) if not x.is_floating_point() else x.float()
 
 
-def _stats_sample(split, device):
+def _stats_sample(loader, batches, device):
     """Up to STATS_SAMPLE training images of streamed data (a seeded subset, in index order; all
-    when there are fewer), read through its DataLoader: what normalization's statistics come from."""
+    when there are fewer), read through the training DataLoader: what normalization's statistics
+    come from."""
     import torch
 
-    from trainables.data import STATS_SAMPLE, EpochBatches
+    from trainables.data import STATS_SAMPLE
 
-    n = len(split.train)
-    sampler = EpochBatches(n, EVAL_BATCH)
+    n, batch_size = len(batches.order), batches.batch_size
     if n > STATS_SAMPLE:
-        sampler.order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort()[0].tolist()
-    return torch.cat([xb for xb, _ in split.loader(split.train, sampler, pin=False)]).to(device)
+        batches.order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort()[0].tolist()
+    batches.batch_size = EVAL_BATCH
+    try:
+        return torch.cat([xb for xb, _ in loader]).to(device)
+    finally:
+        batches.batch_size = batch_size
 
 
 class _Patience:
