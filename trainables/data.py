@@ -41,9 +41,9 @@ read batch by batch through a torch ``DataLoader`` with ``loader_workers`` worke
 moves each batch to its device, where augmentation runs on the whole batch as in memory. Auto
 streams when the decoded training + validation images would take more than ``memory_budget()``:
 an eighth of the machine's physical memory, since every trial process holds its own copy and a
-node runs several. The size is estimated, not measured: image count x C x H x W bytes at uint8
-(``image_folder``: files found x channels x size x size; a ``Dataset``: its length x the first
-item's bytes). Factory tensors are in memory already and never stream.
+node runs several. The size is estimated, not measured: image count x C x H x W x bytes per
+pixel (``image_folder``: files found x channels x size x size, uint8; a ``Dataset``: its length x
+the first item's bytes, so 4 per pixel for float32 images). Factory tensors are in memory already and never stream.
 
 Normalization of streamed data uses per-channel statistics of a bounded sample of the training set
 (``STATS_SAMPLE`` images, a seeded random subset; all of them when there are fewer). With all
@@ -744,7 +744,7 @@ def _load_factory(options: Factory) -> Split | Streamed:
             raise DataContractError(f"{where}: the {part} Dataset is empty")
     first = _item(train[0], f"{where}: train[0]")
     shape = tuple(first.shape)
-    if streams(options.stream, (len(train) + len(val)) * first.numel()):
+    if streams(options.stream, (len(train) + len(val)) * first.numel() * first.element_size()):
         targets = getattr(train, "targets", None)
         labels_max = int(torch.as_tensor(targets).max()) if targets is not None and declared is None else None
         if declared is None and not isinstance(getattr(train, "classes", None), list | tuple) and labels_max is None:
