@@ -1,4 +1,4 @@
-"""Runs P1-P6 side by side in one process on one machine, prints one table, writes it as JSON.
+"""Runs P1-P7 side by side in one process on one machine, prints one table, writes it as JSON.
 
     python -m benchmarks [--quick | --smoke] [--out PATH] [--only P1,P3] [--strict] [--keep]
 
@@ -58,12 +58,15 @@ class Sizes:
     p5_grace: int
     p6_trials: int
     p6_peer_trials: int  # plain Tune without actor reuse costs seconds per trial: fewer trials for peers
+    p7_per_class: int  # PNG files per class (10 classes) the streaming comparison reads
+    p7_epochs: int
+    p7_reps: int
 
 
 SIZES = {
-    "full": Sizes(4, 10, 3, 10, 5, 32, 30, 2, 5, 16, 9, 1, 1000, 60),
-    "quick": Sizes(3, 5, 1, 5, 2, 16, 9, 1, 2, 8, 9, 1, 200, 40),
-    "smoke": Sizes(0, 2, 1, 1, 1, 4, 3, 1, 1, 4, 3, 1, 6, 4),
+    "full": Sizes(4, 10, 3, 10, 5, 32, 30, 2, 5, 16, 9, 1, 1000, 60, 500, 3, 3),
+    "quick": Sizes(3, 5, 1, 5, 2, 16, 9, 1, 2, 8, 9, 1, 200, 40, 200, 2, 2),
+    "smoke": Sizes(0, 2, 1, 1, 1, 4, 3, 1, 1, 4, 3, 1, 6, 4, 10, 1, 1),
 }
 
 # Every (id, system) the run produces; tests/test_benchmarks.py checks the JSON against it.
@@ -108,6 +111,8 @@ EXPECTED_ROWS: list[tuple[str, str]] = [
     ("P6", "tune reuse_actors"),
     ("P6", "tune defaults"),
     ("P6", "optuna in-memory"),
+    ("P7", "bare DataLoader loop"),
+    ("P7", "ours: classifier.train, stream: true"),
 ]
 
 
@@ -769,6 +774,52 @@ def section_p6(bench: Bench) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# P7: streaming from disk against a bare DataLoader loop on the same files
+
+
+def section_p7(bench: Bench) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.peers import dataloader_loop, trainable_throughput
+
+    z = bench.sizes
+    root = bench.workdir / "p7_images"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(z.p7_per_class):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / f"class_{c}" / f"{i}.png")
+    workers = 2
+    options = {"name": "image_folder", "root": str(root), "size": 32, "stream": True, "loader_workers": workers,
+               "val_fraction": 0.2}
+    base = {"model": MODEL, "data": options, "epochs": z.p7_epochs, "batch_size": 64, "seed": 0,
+            "optimizer": {"name": "adam", "lr": 0.003}, "checkpoint_every": z.p7_epochs}
+    cases: list[tuple[str, Callable[[], float]]] = [
+        ("bare", lambda: dataloader_loop(base)),
+        ("ours", lambda: trainable_throughput(base)),
+    ]
+    dataloader_loop({**base, "epochs": 1})  # warm-up: the OS file cache, torch kernels
+    speeds: dict[str, list[float]] = {}
+    for _ in range(z.p7_reps):
+        for key, fn in cases:
+            speeds.setdefault(key, []).append(fn())
+    best = {k: max(v) for k, v in speeds.items()}
+    bench.details["p7_images_per_s"] = speeds
+    import torch
+
+    torch.set_num_threads(1)
+    m = (f"images/s, cnn w32, batch 64, 1 thread + {workers} loader workers, {10 * z.p7_per_class} PNG files "
+         f"40x40 -> 32x32 RGB, {z.p7_epochs} epochs")
+    bench.add("P7", m, "bare DataLoader loop", best["bare"], "img/s", ratio=1.0,
+              note="torchvision ImageFolder + Resize/ToTensor/Normalize in the workers, 1 val pass per epoch")
+    bench.add("P7", m, "ours: classifier.train, stream: true", best["ours"], "img/s", ratio=best["ours"] / best["bare"],
+              goal="info", note="image_folder streamed (decode in the workers, normalize on the device), "
+              "setup and the normalization sample included")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {
@@ -777,6 +828,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "P4": section_p4,
     "P5": section_p5,
     "P6": section_p6,
+    "P7": section_p7,
 }
 
 

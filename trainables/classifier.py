@@ -23,6 +23,7 @@ from trainables.options import Strict
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s")
 CHECKPOINT_FILE = "state.pt"
+EVAL_BATCH = 2048  # images per validation forward pass
 
 
 class EarlyStopping(Strict):
@@ -74,7 +75,12 @@ class Config(Strict):
     @classmethod
     def _pretrained_fits_model(cls, init: Init, info: ValidationInfo) -> Init:
         # Fields validate in order: data, model, batch_norm and dropout are known here.
-        if isinstance(init, Pretrained) and {"data", "model", "batch_norm", "dropout"} <= info.data.keys():
+        # A factory's input shape is known only once a trial loads its data: checked there.
+        if (
+            isinstance(init, Pretrained)
+            and {"data", "model", "batch_norm", "dropout"} <= info.data.keys()
+            and info.data["data"].input_shape is not None
+        ):
             init.check(info.data["model"], info.data["data"], info.data["batch_norm"], info.data["dropout"])
         return init
 
@@ -101,9 +107,16 @@ def train(cfg: Config, report) -> None:
     )
 
     split = data.load(cfg.data)
-    y_train = split.y_train.to(device, non_blocking=True)
-    x_train = split.x_train.to(device, non_blocking=True)
-    pixels = x_train.float().div_(255)
+    streamed = isinstance(split, data.Streamed)
+    if streamed:
+        epoch_batches = data.EpochBatches(len(split.train), cfg.batch_size)
+        # One loader for the statistics' sample and the epochs: its worker processes start once.
+        train_loader = split.loader(split.train, epoch_batches, pin=device.type == "cuda")
+        pixels = _unit(_stats_sample(train_loader, epoch_batches, device))
+    else:
+        y_train = split.y_train.to(device, non_blocking=True)
+        x_train = split.x_train.to(device, non_blocking=True)
+        pixels = _unit(x_train)
     mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
     std = pixels.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
@@ -111,12 +124,41 @@ def train(cfg: Config, report) -> None:
         x = (x - mean) / std if cfg.normalize else x
         return x.contiguous(memory_format=layout) if x.dim() == 4 else x
 
-    if cfg.augment.active:
+    if streamed or cfg.augment.active:
         del pixels  # augmentation works on [0, 1] pixels: batches are converted as they are drawn
     else:
         x_train = prepare(pixels)  # once, as airbench does: every batch is then a plain slice
-    x_val = prepare(split.x_val.to(device).float().div_(255))
-    y_val = split.y_val.to(device)
+
+    def convert(xb):
+        return prepare(augment.apply(_unit(xb), cfg.augment, gen)) if cfg.augment.active else prepare(_unit(xb))
+
+    if streamed:
+        pin = device.type == "cuda"
+        n = len(split.train)
+        val_loader = split.loader(split.val, data.EpochBatches(len(split.val), EVAL_BATCH), pin)
+
+        def batches(order):
+            # The in-memory path's order, read from disk: the same batches, the same results.
+            epoch_batches.order = order.tolist()
+            for xb, yb in train_loader:
+                yield convert(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
+
+        def val_batches():
+            for xb, yb in val_loader:
+                yield prepare(_unit(xb.to(device, non_blocking=True))), yb.to(device, non_blocking=True)
+    else:
+        n = len(y_train)
+        x_val = prepare(_unit(split.x_val.to(device)))
+        y_val = split.y_val.to(device)
+
+        def batches(order):
+            for i in range(0, n, cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                yield (convert(x_train[idx]) if cfg.augment.active else x_train[idx]), y_train[idx]
+
+        def val_batches():
+            for i in range(0, len(y_val), EVAL_BATCH):
+                yield x_val[i : i + EVAL_BATCH], y_val[i : i + EVAL_BATCH]
 
     model = cfg.model.build(split.shape, split.classes, cfg.batch_norm, cfg.dropout)
     cfg.init.apply(model)
@@ -155,7 +197,6 @@ def train(cfg: Config, report) -> None:
     # Reading a value back from a GPU waits for every queued kernel, so on CUDA the divergence
     # flag is read every few dozen batches and at the epoch's end instead of after each batch.
     check_every = 1 if device.type == "cpu" else 32
-    n = len(y_train)
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -165,16 +206,10 @@ def train(cfg: Config, report) -> None:
         bad = torch.zeros((), device=device, dtype=torch.bool)
         order = torch.randperm(n, generator=gen, device=device)
         diverged = False
-        for step, i in enumerate(range(0, n, cfg.batch_size)):
-            idx = order[i : i + cfg.batch_size]
-            xb = (
-                prepare(augment.apply(x_train[idx].float().div_(255), cfg.augment, gen))
-                if cfg.augment.active
-                else x_train[idx]
-            )
+        for step, (xb, yb) in enumerate(batches(order)):
             with autocast:
                 logits = forward(xb)
-                loss = F.cross_entropy(logits, y_train[idx])
+                loss = F.cross_entropy(logits, yb)
             if loss_limit == math.inf:
                 loss_limit = loss.item() * cfg.diverge_factor
             bad |= ~(loss.detach() <= loss_limit)  # also catches NaN
@@ -185,13 +220,13 @@ def train(cfg: Config, report) -> None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y_train[idx]).sum()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
         diverged = diverged or bool(bad.item())
         schedule.step()
 
         with autocast:
-            val_loss, val_accuracy = _evaluate(forward, x_val, y_val)
+            val_loss, val_accuracy = _evaluate(forward, val_batches(), device)
         metrics = {
             "train_loss": math.nan if diverged else loss_sum.item() / n,
             "train_accuracy": math.nan if diverged else correct.item() / n,
@@ -240,19 +275,44 @@ def _autocast_dtype(precision: str, device):
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _evaluate(model, x, y, batch: int = 2048) -> tuple[float, float]:
+def _evaluate(model, batches, device) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
     with torch.no_grad():
-        for i in range(0, len(y), batch):
-            logits = model(x[i : i + batch])
-            loss += F.cross_entropy(logits.float(), y[i : i + batch], reduction="sum")
-            correct += (logits.argmax(1) == y[i : i + batch]).sum()
-    return loss.item() / len(y), correct.item() / len(y)
+        for x, y in batches:
+            logits = model(x)
+            loss += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            count += len(y)
+    return loss.item() / count, correct.item() / count
+
+
+def _unit(x):
+    """Pixels as float in [0, 1]: uint8 images are scaled, float images (a factory's) kept."""
+    return x.float().div_(255) if not x.is_floating_point() else x.float()
+
+
+def _stats_sample(loader, batches, device):
+    """Up to STATS_SAMPLE training images of streamed data (a seeded subset, in index order; all
+    when there are fewer), read through the training DataLoader: what normalization's statistics
+    come from."""
+    import torch
+
+    from trainables.data import STATS_SAMPLE
+
+    n, batch_size = len(batches.order), batches.batch_size
+    if n > STATS_SAMPLE:
+        batches.order = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort()[0].tolist()
+    batches.batch_size = EVAL_BATCH
+    try:
+        return torch.cat([xb for xb, _ in loader]).to(device)
+    finally:
+        batches.batch_size = batch_size
 
 
 class _Patience:

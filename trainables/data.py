@@ -1,29 +1,73 @@
-"""Datasets as in-memory uint8 tensors. ``digits`` ships inside scikit-learn, so it needs no network.
+"""Datasets: built-in ones, your own images in folders, and your own data by import string.
 
     Config(data={"name": "cifar10", "root": "/data/cifar10", "download": False, "train_per_class": 100})
+    Config(data={"name": "own_data.data:load", "size": 16})   # your own factory, with its keyword arguments
 
-Each process reads a dataset's files once (``_read`` is cached on the file options) and every
-trial that process runs reuses the tensors (``load`` is cached on the whole options); trials
-slice them, no DataLoader. File-backed datasets live under ``root`` (default: the cache dir of
-the machine running the trial, ``~/.cache/tricksweep/<name>``) in the layout torchvision's own
-classes read, so a folder torchvision downloaded works as is. Concurrent trials on one node
-download under a file lock: the first downloads, the others wait and then read.
+**In memory, the default.** Each process reads a dataset's files once (``_read`` is cached on the
+file options) and every trial that process runs reuses the tensors (``load`` is cached on the whole
+options); trials slice them, no DataLoader. File-backed datasets live under ``root`` (default: the
+cache dir of the machine running the trial, ``~/.cache/tricksweep/<name>``) in the layout
+torchvision's own classes read, so a folder torchvision downloaded works as is. Concurrent trials on
+one node download under a file lock: the first downloads, the others wait and then read.
 
 The validation images are held out of the training split (seeded, stratified, the same for
 every training-set size); the datasets' official test splits are never read for training.
+
+**Your own data: a factory by import string.** ``dataset: {name: "pkg.mod:fn", <kwargs>}``: a name
+with a ``:`` is a factory; every other key but ``stream`` and ``loader_workers`` is passed to it as a
+keyword argument, checked against its signature when the spec is validated (sweep them under
+``space: data:``). It is called once per trial process (cached on its arguments) and returns
+``(train, validation)`` or ``(train, validation, classes)``, where
+
+- ``train`` and ``validation`` are each ``(images, labels)``: images a uint8 tensor (N, C, H, W)
+  of 0..255 pixels or a float tensor (N, C, H, W) of [0, 1] pixels (numpy arrays are accepted),
+  labels int64 (N,) numbered from 0; or each a torch ``Dataset`` whose items are
+  ``(image tensor (C, H, W), int label)`` in the same pixel conventions;
+- ``classes`` (optional) is the class count, or a list of class names. Without it the count is
+  ``len(train.classes)`` for a ``Dataset`` with a ``classes`` list (torchvision's convention), else
+  1 + the largest label (of the tensors, or of ``train.targets`` for a streamed ``Dataset``).
+  The input shape is always that of the first training image.
+
+The split options of the built-in datasets (``val_fraction``, ``split_seed``, ``train_fraction``,
+``train_per_class``, ``classes``) do not apply: the factory returns its own split. A factory that
+wants one takes it as a keyword argument of its own (e.g. ``val_fraction``), and only then may the
+spec set it. Class count and input shape are unknown until a trial loads the data, so checks that
+need them at validation (pretrained weights against the model) are skipped for factories.
+
+**Data that does not fit in memory: streaming.** ``image_folder`` and a factory's ``Dataset``s
+accept ``stream`` (true / false / null = auto) and ``loader_workers`` (default 2). Streamed data is
+read batch by batch through a torch ``DataLoader`` with ``loader_workers`` worker processes
+(decoding and resizing happen there), in the order the in-memory path would use; the trainable
+moves each batch to its device, where augmentation runs on the whole batch as in memory. Auto
+streams when the decoded training + validation images would take more than ``memory_budget()``:
+an eighth of the machine's physical memory, since every trial process holds its own copy and a
+node runs several. The size is estimated, not measured: image count x C x H x W x bytes per
+pixel (``image_folder``: files found x channels x size x size, uint8; a ``Dataset``: its length x
+the first item's bytes, so 4 per pixel for float32 images). Factory tensors are in memory already and never stream.
+
+Normalization of streamed data uses per-channel statistics of a bounded sample of the training set
+(``STATS_SAMPLE`` images, a seeded random subset; all of them when there are fewer). With all
+images in the sample, streamed and in-memory training give the same results: the same batches
+in the same order, the same augmentation draws, the same arithmetic.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
+import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Discriminator, Field, ValidationInfo, field_validator, model_serializer
 
-from trainables.options import Strict, one_of
+from trainables.options import Strict
+
+STATS_SAMPLE = 4096  # training images the normalization statistics of streamed data are computed on
 
 
 class FilesUnavailable(RuntimeError):
@@ -345,7 +389,16 @@ def _cifar10_class():
     return PresentCIFAR10
 
 
-class ImageFolder(_Split):
+class _Streamable(Strict):
+    """Options of the datasets that can stream from disk (see the module docstring)."""
+
+    stream: bool | None = Field(
+        None, description="read batches from disk through a DataLoader (null = when too large for memory_budget())"
+    )
+    loader_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes when streaming (0 = none)")
+
+
+class ImageFolder(_Split, _Streamable):
     """Your own images, one folder per class: ``<root>/<class name>/<image>.png`` (any format PIL
     reads). Classes are numbered in sorted folder-name order; images are resized to ``size``."""
 
@@ -363,16 +416,19 @@ class ImageFolder(_Split):
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.size, self.size)
 
-    def arrays(self):
+    def files_key(self) -> Strict:
+        return type(self).model_validate(self.model_dump(exclude={*_Split.model_fields, *_Streamable.model_fields}))
+
+    def scan(self) -> tuple[list[str], Any, int]:
+        """(image paths, labels int64 (N,), class count), without decoding an image."""
         import numpy as np
-        from PIL import Image
         from torchvision.datasets import ImageFolder as TorchImageFolder
 
         hint = f"expected {self.root}/<class name>/<image>.png, one folder per class"
         if not Path(self.root).is_dir():
             raise FilesUnavailable(f"image_folder: no folder {self.root}; {hint}")
         try:
-            ds = TorchImageFolder(self.root, loader=lambda path: path)  # paths only: we decode below
+            ds = TorchImageFolder(self.root, loader=lambda path: path)  # paths only: decoded on use
         except FileNotFoundError as err:
             raise FilesUnavailable(f"image_folder: {' '.join(str(err).split())}; {hint}") from None
         if self.classes is not None and max(self.classes) >= len(ds.classes):
@@ -380,13 +436,138 @@ class ImageFolder(_Split):
                 f"image_folder: classes = {list(self.classes)} but {self.root} holds {len(ds.classes)} class folders "
                 f"({', '.join(ds.classes)}); class numbers are 0..{len(ds.classes) - 1} in that order"
             )
-        mode = "L" if self.channels == 1 else "RGB"
-        images = np.empty((len(ds.samples), self.channels, self.size, self.size), dtype="uint8")
-        for i, (path, _) in enumerate(ds.samples):
-            with Image.open(path) as img:
-                pixels = np.asarray(img.convert(mode).resize((self.size, self.size), Image.BILINEAR))
-            images[i] = pixels[None] if self.channels == 1 else pixels.transpose(2, 0, 1)
-        return images, np.asarray(ds.targets, dtype="int64"), len(ds.classes)
+        return [path for path, _ in ds.samples], np.asarray(ds.targets, dtype="int64"), len(ds.classes)
+
+    def arrays(self):
+        import numpy as np
+
+        paths, labels, classes = self.scan()
+        images = np.empty((len(paths), self.channels, self.size, self.size), dtype="uint8")
+        for i, path in enumerate(paths):
+            images[i] = decode(path, self.size, self.channels)
+        return images, labels, classes
+
+
+def decode(path: str, size: int, channels: int) -> Any:
+    """One image file as uint8 (channels, size, size): the same pixels in memory and streamed."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR))
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+class ImageFiles:
+    """A torch map-style dataset over image files: item i is (uint8 tensor (C, H, W), label).
+    Picklable, so DataLoader workers decode in parallel."""
+
+    def __init__(self, paths: list[str], labels: Any, size: int, channels: int):
+        self.paths, self.labels, self.size, self.channels = paths, labels, size, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        import torch
+
+        return torch.from_numpy(decode(self.paths[i], self.size, self.channels).copy()), int(self.labels[i])
+
+
+def is_import_string(name: Any) -> bool:
+    """A dataset name naming a factory: ``'pkg.mod:fn'``."""
+    return isinstance(name, str) and ":" in name
+
+
+FACTORY_TAG = "package.module:function"
+# Keys of a factory's options that are the engine's, never passed to the factory.
+FACTORY_ENGINE_KEYS = frozenset(_Streamable.model_fields)
+
+
+class Factory(_Streamable):
+    """Your own data by import string (contract: the module docstring). Written in a spec as
+    ``{name: "pkg.mod:fn", <kwargs>, stream, loader_workers}``."""
+
+    # The union's tag; the spec's name is the import string itself (see _dataset_options), and this
+    # one reads right in the list of valid names an unknown one gets.
+    name: Literal["package.module:function"] = "package.module:function"
+    target: str = Field(description="import string 'package.module:function' of the factory")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
+
+    input_shape: ClassVar[None] = None  # unknown until the data is loaded
+    num_classes: ClassVar[None] = None
+
+    def __hash__(self) -> int:  # kwargs is a dict: hash its JSON (load() is cached on the options)
+        return hash((self.target, json.dumps(self.kwargs, sort_keys=True, default=str), self.stream,
+                     self.loader_workers))
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Callable[[Any], dict]) -> dict[str, Any]:
+        # Dumped as written, so spec.dataset and space.data merge with the kwargs at the top level.
+        engine = {k: v for k, v in handler(self).items() if k in FACTORY_ENGINE_KEYS and k in self.model_fields_set}
+        return {"name": self.target, **self.kwargs, **engine}
+
+    def function(self) -> Callable[..., Any]:
+        return _factory_function(self.target)
+
+    def call(self) -> tuple[Any, Any, Any]:
+        """Call the factory: (train, validation, classes or None), as documented."""
+        returned = self.function()(**self.kwargs)
+        if isinstance(returned, tuple) and len(returned) in (2, 3):
+            return (*returned, None) if len(returned) == 2 else returned
+        raise DataContractError(f"{self.target} returned a {type(returned).__name__}; "
+                                "must return (train, validation) or (train, validation, classes)")
+
+
+class DataContractError(ValueError):
+    """A factory's return value does not meet the contract; one line saying what is wrong."""
+
+
+@functools.cache
+def _factory_function(target: str) -> Callable[..., Any]:
+    """The factory ``target`` names, imported; ValueError (one line) when it cannot be."""
+    from trainables.contract import ContractError, _close, _import, split_target
+
+    module_name, function = split_target(target)
+    try:
+        module = _import(module_name)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"no module named {err.name!r} on the import path (the cwd, the spec's folder "
+                         "and its parent, the installed packages)") from None
+    except ContractError as err:
+        raise ValueError(str(err)) from None
+    if not hasattr(module, function or ""):
+        raise ValueError(f"module '{module_name}' has no attribute '{function}'{_close(function or '', module)}")
+    factory = getattr(module, function)
+    if not callable(factory):
+        raise ValueError(f"'{target}' is a {type(factory).__name__}, not a function")
+    return factory
+
+
+def _check_factory(target: str, kwargs: dict[str, Any]) -> None:
+    """The kwargs against the factory's signature: ValueError (one line) with did-you-mean."""
+    factory = _factory_function(target)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # no signature to check against: the call decides
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = f"it takes: {', '.join(named)}" if named else "it takes no keyword arguments"
+    for key in kwargs:
+        if key not in named and not takes_any:
+            if key in _Split.model_fields:
+                raise ValueError(f"{target} does not take '{key}': a factory returns its own train/validation "
+                                 f"split, so the engine's split options do not apply (take '{key}' as a keyword "
+                                 f"argument to split there); {takes}")
+            close = difflib.get_close_matches(key, named, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"{target} does not take '{key}'{hint}; {takes}")
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{target}{signature} cannot be called with {sorted(kwargs)}: {err}") from None
 
 
 DATASETS: dict[str, type[Strict]] = {
@@ -396,11 +577,35 @@ DATASETS: dict[str, type[Strict]] = {
     "cifar10": CIFAR10,
     "image_folder": ImageFolder,
 }
-Dataset = one_of(DATASETS)
+
+
+def _dataset_options(value: Any) -> Any:
+    """`data: digits` means `{name: digits}`; a name with a ':' is a factory, checked here against
+    its signature (so the error shows the spec's own keys, in one line). Other names are the union's."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        return value
+    name = value["name"]
+    if is_import_string(name):
+        kwargs = {k: v for k, v in value.items() if k != "name" and k not in FACTORY_ENGINE_KEYS}
+        _check_factory(name, kwargs)
+        engine = {k: v for k, v in value.items() if k in FACTORY_ENGINE_KEYS}
+        return {"name": FACTORY_TAG, "target": name, "kwargs": kwargs, **engine}
+    return value
+
+
+Dataset = Annotated[
+    Union[tuple(DATASETS.values()) + (Factory,)],  # noqa: UP007 - built at run time from the table
+    Discriminator("name"),
+    BeforeValidator(_dataset_options),
+]
 
 
 @dataclass(frozen=True)
 class Split:
+    """A dataset in memory: CPU tensors (images uint8, or float for a factory's float tensors)."""
+
     x_train: Any  # uint8 tensor (N, C, H, W)
     y_train: Any  # int64 tensor (N,)
     x_val: Any
@@ -412,19 +617,93 @@ class Split:
         return tuple(self.x_train.shape[1:])
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """A dataset read from disk batch by batch: torch map-style datasets of (image, label)."""
+
+    train: Any
+    val: Any
+    classes: int
+    shape: tuple[int, int, int]
+    workers: int
+
+    def loader(self, dataset: Any, batches: Any, pin: bool) -> Any:
+        """A DataLoader yielding the batches ``batches`` (an iterable of index lists) names."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        # Its own generator: a DataLoader draws its workers' seeds from torch's global one otherwise,
+        # and that one seeds the model's init and dropout.
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=pin,
+                          persistent_workers=self.workers > 0, generator=torch.Generator().manual_seed(0))
+
+
+class EpochBatches:
+    """A batch sampler whose order is set before each epoch: the DataLoader's workers persist."""
+
+    def __init__(self, n: int, batch_size: int):
+        self.order: list[int] = list(range(n))
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i in range(0, len(self.order), self.batch_size):
+            yield self.order[i : i + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images a dataset may take in memory before auto streams it: an eighth of
+    the machine's physical memory (each trial process holds its own copy; a node runs several)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+
+
+def streams(option: bool | None, estimated_bytes: int) -> bool:
+    return option if option is not None else estimated_bytes > memory_budget()
+
+
 @functools.lru_cache(maxsize=2)
 def _read(files: _Split) -> tuple[Any, Any, int]:
     # Keyed on the file options only, so trials that differ in split or size share one read.
     return files.arrays()
 
 
+@functools.lru_cache(maxsize=2)
+def _scan(files: ImageFolder) -> tuple[list[str], Any, int]:
+    return files.scan()
+
+
 @functools.lru_cache(maxsize=4)
-def load(options: _Split) -> Split:
-    """Stratified, seeded train/validation split of ``options``' dataset as CPU uint8 tensors."""
+def load(options: Any) -> Split | Streamed:
+    """``options``' dataset: a stratified, seeded train/validation split as CPU tensors, or as
+    streamed datasets (image_folder / a factory's Datasets, when asked or too large)."""
+    if isinstance(options, Factory):
+        return _load_factory(options)
+    if isinstance(options, ImageFolder):
+        paths, labels, classes = _scan(options.files_key())
+        if streams(options.stream, len(paths) * options.channels * options.size**2):
+            tr, va, train_lab, val_lab, count = _split_indices(labels, classes, options)
+            pick = [paths[i] for i in tr], [paths[i] for i in va]
+            return Streamed(ImageFiles(pick[0], train_lab, options.size, options.channels),
+                            ImageFiles(pick[1], val_lab, options.size, options.channels),
+                            count, options.input_shape, options.loader_workers)
     import numpy as np
     import torch
 
     images, labels, classes = _read(options.files_key())
+    tr, va, train_lab, val_lab, count = _split_indices(labels, classes, options)
+    tensor = torch.from_numpy
+    return Split(
+        tensor(np.ascontiguousarray(images[tr])), tensor(train_lab),
+        tensor(np.ascontiguousarray(images[va])), tensor(val_lab), count,
+    )
+
+
+def _split_indices(labels: Any, classes: int, options: _Split) -> tuple[Any, Any, Any, Any, int]:
+    """(train indices, validation indices, their new labels, class count) of a stratified split."""
+    import numpy as np
+
     order = list(options.classes) if options.classes is not None else list(range(classes))
     rng = np.random.default_rng(options.split_seed)
     train_idx, val_idx, train_lab, val_lab = [], [], [], []
@@ -441,9 +720,104 @@ def load(options: _Split) -> Split:
         train_idx.append(rest)
         val_lab.append(np.full(n_val, new, dtype="int64"))
         train_lab.append(np.full(len(rest), new, dtype="int64"))
-    tr, va = np.concatenate(train_idx), np.concatenate(val_idx)
-    tensor = torch.from_numpy
-    return Split(
-        tensor(np.ascontiguousarray(images[tr])), tensor(np.concatenate(train_lab)),
-        tensor(np.ascontiguousarray(images[va])), tensor(np.concatenate(val_lab)), len(order),
-    )
+    return (np.concatenate(train_idx), np.concatenate(val_idx), np.concatenate(train_lab),
+            np.concatenate(val_lab), len(order))
+
+
+def _load_factory(options: Factory) -> Split | Streamed:
+    import torch
+
+    train, val, declared = options.call()
+    where = options.target
+    if _is_dataset(train) != _is_dataset(val):
+        raise DataContractError(f"{where}: train and validation must both be (images, labels) or both Datasets")
+    if not _is_dataset(train):
+        x_train, y_train = _tensors(train, f"{where}: train")
+        x_val, y_val = _tensors(val, f"{where}: validation")
+        if x_train.shape[1:] != x_val.shape[1:]:
+            raise DataContractError(f"{where}: train images are {tuple(x_train.shape[1:])}, validation images "
+                                    f"{tuple(x_val.shape[1:])}; must be the same (C, H, W)")
+        labels_max = int(max(y_train.max(), y_val.max()))
+        return Split(x_train, y_train, x_val, y_val, _class_count(declared, train, labels_max, where))
+    for ds, part in ((train, "train"), (val, "validation")):
+        if len(ds) == 0:
+            raise DataContractError(f"{where}: the {part} Dataset is empty")
+    first = _item(train[0], f"{where}: train[0]")
+    shape = tuple(first.shape)
+    if streams(options.stream, (len(train) + len(val)) * first.numel() * first.element_size()):
+        targets = getattr(train, "targets", None)
+        labels_max = int(torch.as_tensor(targets).max()) if targets is not None and declared is None else None
+        if declared is None and not isinstance(getattr(train, "classes", None), list | tuple) and labels_max is None:
+            raise DataContractError(f"{where}: a streamed Dataset needs its class count: return (train, validation, "
+                                    "classes), or give the Dataset a `classes` list or a `targets` sequence")
+        return Streamed(train, val, _class_count(declared, train, labels_max or 0, where), shape,
+                        options.loader_workers)
+    x_train, y_train = _materialize(train, options.loader_workers, f"{where}: train")
+    x_val, y_val = _materialize(val, options.loader_workers, f"{where}: validation")
+    labels_max = int(max(y_train.max(), y_val.max()))
+    return Split(x_train, y_train, x_val, y_val, _class_count(declared, train, labels_max, where))
+
+
+def _is_dataset(value: Any) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__") and not isinstance(value, tuple | list)
+
+
+def _tensors(pair: Any, where: str) -> tuple[Any, Any]:
+    import torch
+
+    if not isinstance(pair, tuple | list) or len(pair) != 2:
+        raise DataContractError(f"{where} is a {type(pair).__name__}; must be (images, labels) or a torch Dataset")
+    images, labels = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+    _check_images(images, where, dims=4)
+    if labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != len(images):
+        raise DataContractError(f"{where} labels are {labels.dtype} {tuple(labels.shape)}; must be integers "
+                                f"({len(images)},)")
+    if len(labels) == 0 or int(labels.min()) < 0:
+        raise DataContractError(f"{where}: labels must be numbered from 0, and there must be some")
+    return images.contiguous(), labels.to(torch.int64)
+
+
+def _check_images(images: Any, where: str, dims: int) -> None:
+    import torch
+
+    if images.dim() != dims or not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
+        shape = "(N, C, H, W)" if dims == 4 else "(C, H, W)"
+        raise DataContractError(f"{where} images are {images.dtype} {tuple(images.shape)}; must be uint8 or float "
+                                f"{shape}")
+
+
+def _item(item: Any, where: str) -> Any:
+    import torch
+
+    if not isinstance(item, tuple | list) or len(item) != 2:
+        raise DataContractError(f"{where} is a {type(item).__name__}; must be (image tensor (C, H, W), label)")
+    image = torch.as_tensor(item[0])
+    _check_images(image, where, dims=3)
+    return image
+
+
+def _materialize(dataset: Any, workers: int, where: str) -> tuple[Any, Any]:
+    """A Dataset read once into tensors, through a DataLoader with ``workers`` processes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    _item(dataset[0], f"{where}[0]")
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=256, num_workers=workers, generator=torch.Generator().manual_seed(0)):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs).contiguous(), torch.cat(ys).to(torch.int64)
+
+
+def _class_count(declared: Any, train: Any, labels_max: int, where: str) -> int:
+    if declared is not None:
+        count = len(declared) if isinstance(declared, list | tuple) else declared
+        if not isinstance(count, int) or count < 2:
+            raise DataContractError(f"{where}: classes = {declared!r}; must be a count >= 2 or a list of names")
+        if labels_max >= count:
+            raise DataContractError(f"{where}: label {labels_max} but classes = {count}; labels are 0..{count - 1}")
+        return count
+    names = getattr(train, "classes", None)
+    if isinstance(names, list | tuple) and len(names) > labels_max:
+        return len(names)
+    return max(2, labels_max + 1)
