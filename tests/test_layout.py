@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "tricksweep"
 # Bottom to top. A module may import modules of lower layers only.
 LAYERS = [
     {"errors"},
-    {"space", "asha"},
+    {"space", "asha", "scaffold"},  # scaffold: tricksweep init's templates
     {"search"},  # the searcher registry
     {"spec"},
     {"trial"},  # the worker side
