@@ -18,7 +18,8 @@ PACKAGE = ROOT / "src" / "tricksweep"
 # Bottom to top. A module may import modules of lower layers only.
 LAYERS = [
     {"errors"},
-    {"space", "asha", "shipping"},  # shipping: the user's code folders on a cluster (workers use it too)
+    # shipping: the user's code on a cluster (workers use it too); scaffold: tricksweep init
+    {"space", "asha", "shipping", "scaffold"},
     {"search"},  # the searcher registry
     {"spec"},
     {"trial"},  # the worker side

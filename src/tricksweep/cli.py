@@ -1,5 +1,6 @@
 """The ``tricksweep`` command: the top of the engine (nothing imports it).
 
+    tricksweep init myproj                              # a project of your own: model, data, sweep
     tricksweep validate sweeps/quickstart.yaml
     tricksweep run sweeps/quickstart.yaml [--smoke]
     tricksweep resume quickstart
@@ -54,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     debug_help = "show the traceback behind an error (also TRICKSWEEP_DEBUG=1)"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="write a small project of your own: a model, a data factory and a sweep")
+    p.add_argument("folder", type=Path, help="a new or empty folder")
+    p.add_argument("--package", help="the Python package of your code (default: from the folder's name)")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("validate", help="check a sweep spec; print its space, trial count and epoch budget")
     p.add_argument("spec", type=Path)
@@ -113,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from tricksweep.scaffold import init_project
+
+    written = init_project(args.folder, args.package)
+    sweep = next(p for p in written if p.suffix == ".yaml").relative_to(args.folder)
+    print(f"created {args.folder}/:")
+    for path in written:
+        print(f"  {path.relative_to(args.folder)}")
+    print("next (each file says what to replace):")
+    print(f"  cd {args.folder}")
+    print(f"  tricksweep validate {sweep}")
+    print(f"  tricksweep run {sweep} --smoke")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
