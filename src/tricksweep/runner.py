@@ -305,10 +305,15 @@ class StopSignals:
         self._before_fit: Any = None  # SIGUSR1's handler before fit: not yet Tune's
 
     def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def install(self) -> None:
+        """Put the handlers (back) in place; the ones found first are restored on exit."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
+                previous = signal.signal(sig, self._handle)
+                self._saved.setdefault(sig, previous)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._saved.items():
@@ -357,6 +362,7 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
     try:
         with signals:
             owns_ray = ensure_ray(address)
+            signals.install()  # ray.init put its own SIGTERM handler in place (it prints a stack and aborts)
             tuner = make_tuner()
             tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
             with pending_trials_limit(spec), signals.fitting():
@@ -379,12 +385,13 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
     return results, tracker, errors, signals.received
 
 
-# Ray Tune's lines that would contradict ours or name the wrong command: its "interrupted, resume
+# Ray's lines that would contradict ours or name the wrong command: Tune's "interrupted, resume
 # with Tuner.restore(...)" (ours names `tricksweep resume`), one "could not fetch metrics" per trial
-# that never started or never reported, and the list of trials "that did not complete".
+# that never started or never reported, the list of trials "that did not complete", and the
+# traceback of a trial that failed as the sweep stopped (its error was never fetched: Tune had let go).
 _TUNE_NOISE = (
     "Stop signal received", "Experiment has been interrupted", "Training has been interrupted",
-    "Trials did not complete", "Failed to fetch metrics", "Could not fetch metrics",
+    "Trials did not complete", "Failed to fetch metrics", "Could not fetch metrics", "Unhandled error",
 )
 
 
@@ -401,7 +408,8 @@ def _quiet_tune() -> None:
     # A failed trial is one line from Progress (its traceback stays in the trial's error.txt), not
     # a page of Ray's output per trial.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
-    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.execution.tune_controller"):
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.execution.tune_controller",
+                 "ray._private.worker"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTuneNoise) for f in logger.filters):
             logger.addFilter(_DropTuneNoise())
