@@ -235,6 +235,17 @@ class RepeatedErrors(tune.Callback):
         self.failures: list[tuple[str, str]] = []  # (trial name, error line) while armed
         self.stop_line: str | None = None  # the error that stopped the sweep
 
+    # Saved with Tune's snapshots: a check the sweep already turned off stays off when it is
+    # resumed after an interruption. After a stop for errors, `tricksweep resume` (the error
+    # fixed, presumably) starts the check afresh.
+    def get_state(self) -> dict:
+        return {"armed": self.armed, "failures": list(self.failures), "stopped": self.stop_line is not None}
+
+    def set_state(self, state: dict) -> None:
+        if not state["stopped"]:
+            self.armed = state["armed"] and self.limit > 0
+            self.failures = [tuple(f) for f in state["failures"]]
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.armed = False
 
