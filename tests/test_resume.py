@@ -106,6 +106,7 @@ def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["tricksweep.resumes"] == "1"
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "a run is still open after resume"
     # A trial begun after Tune's last snapshot is unknown to the resumed sweep. The basic searcher
     # draws it again under the same id; Optuna draws a new trial, and the old child is marked lost.
     lost = [r for r in runs if r.data.tags.get(STATUS_TAG) == "lost"]

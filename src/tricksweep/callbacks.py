@@ -1,8 +1,11 @@
 """Tune callbacks on the driver: the MLflow child runs (``MlflowTrials``, through the background
-``Writer``) and the console progress (``Progress``).
+``Writer``), the stop when the first trials all fail alike (``RepeatedErrors``) and the console
+progress (``Progress``).
 
     tracker = MlflowTrials(uri, experiment_id, parent_run_id, max_epochs=30, asha=True, time_limit_s=None)
-    tune.RunConfig(callbacks=[tracker, Progress("val_accuracy", "max", tracker.statuses, print)])
+    errors = RepeatedErrors(3)
+    tune.RunConfig(callbacks=[tracker, errors, Progress("val_accuracy", "max", tracker, errors, print)],
+                   stop=errors.stopper())
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class MlflowTrials(tune.Callback):
         self.time_limit_s = time_limit_s
         self.flush_timeout_s = flush_timeout_s
         self.statuses: dict[str, str] = {}
+        self.error_lines: list[str] = []  # failed trials' errors in this process, in order
         self.resumed = False  # set by resume_sweep on the callback it restores
         self.incomplete = False  # close() left ops unwritten or dropped points: backfill from Tune
         self._writer: Writer | None = None
@@ -80,13 +84,34 @@ class MlflowTrials(tune.Callback):
 
     def set_state(self, state: dict) -> None:
         self._elapsed_s = state["elapsed_s"]
-        self.statuses = dict(state["statuses"])
+        self.statuses.clear()  # in place: others (Progress) hold this dict
+        self.statuses.update(state["statuses"])
         self._last_epoch = dict(state["last_epoch"])
         self._started = set(state["started"])
 
     @property
     def started_trials(self) -> set[str]:
         return set(self._started)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the sweep began, across resumes (Tune's time budget clock)."""
+        return time.monotonic() - self._started_at
+
+    def status_of(self, trial: Any) -> str:
+        """The word for where ``trial`` stands: its end status once it has one, else Tune's state
+        (pending, running, paused); a trial Tune ended without telling its callbacks (an
+        interrupted or stopped sweep, a restored one) gets the status its last result implies."""
+        if trial.trial_id in self.statuses:
+            return self.statuses[trial.trial_id]
+        state = str(trial.status)
+        if state == "ERROR":
+            return "failed"
+        if state == "TERMINATED":
+            if "epoch" not in (trial.last_result or {}):
+                return "not_started"
+            return end_status(trial.last_result, max_epochs=self.max_epochs, asha=self.asha, out_of_time=False)[0]
+        return state.lower()
 
     @property
     def writer(self) -> Writer:
@@ -130,7 +155,9 @@ class MlflowTrials(tune.Callback):
             # (Ray 2.60) one whose node died while a reused actor was being reset for it, whatever
             # max_failures says. The trial still gets its child run, to say so.
             self.on_trial_start(iteration, trials, trial)
-        self._finish(trial, "failed", {ERROR_TAG: error_line(trial)}, "FAILED")
+        line = error_line(trial)
+        self.error_lines.append(line)
+        self._finish(trial, "failed", {ERROR_TAG: line}, "FAILED")
 
     def _finish(self, trial: Any, status: str, tags: dict[str, str], run_status: str) -> None:
         self.statuses[trial.trial_id] = status
@@ -195,18 +222,91 @@ def user_frame(lines: list[str]) -> str | None:
     return None
 
 
-class Progress(tune.Callback):
-    """Live progress on the console: a line per finished trial, a summary every few seconds."""
+class RepeatedErrors(tune.Callback):
+    """Stops the sweep when the first ``limit`` trials to end all failed with the same error
+    (its ``error_line``: exception type, last line and the user's file:line): a broken dataset
+    or a bug in user code then costs ``limit`` trials, not all of them. Any other end first (a
+    trial that finished, or a different error) turns the check off for the rest of the sweep.
+    ``limit`` 0: never stop."""
 
-    def __init__(self, metric: str, mode: str, statuses: dict[str, str], echo: Callable[[str], None],
-                 every_s: float = 10.0):
-        self.metric, self.mode, self.statuses, self.echo, self.every_s = metric, mode, statuses, echo, every_s
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.armed = limit > 0  # still watching: every trial that ended so far failed alike
+        self.failures: list[tuple[str, str]] = []  # (trial name, error line) while armed
+        self.stop_line: str | None = None  # the error that stopped the sweep
+
+    # Saved with Tune's snapshots: a check the sweep already turned off stays off when it is
+    # resumed after an interruption. After a stop for errors, `tricksweep resume` (the error
+    # fixed, presumably) starts the check afresh.
+    def get_state(self) -> dict:
+        return {"armed": self.armed, "failures": list(self.failures), "stopped": self.stop_line is not None}
+
+    def set_state(self, state: dict) -> None:
+        if not state["stopped"]:
+            self.armed = state["armed"] and self.limit > 0
+            self.failures = [tuple(f) for f in state["failures"]]
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.armed = False
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not self.armed:
+            return
+        line = error_line(trial)
+        if self.failures and line != self.failures[0][1]:
+            self.armed = False
+            return
+        self.failures.append((trial_name(trial.trial_id), line))
+        if len(self.failures) >= self.limit:
+            self.armed = False
+            self.stop_line = line
+
+    @property
+    def message(self) -> str | None:
+        """One line saying why the sweep stopped, or None when it did not stop for errors."""
+        if self.stop_line is None:
+            return None
+        return f"the first {len(self.failures)} trials all failed with the same error: {self.stop_line}"
+
+    def stopper(self) -> tune.Stopper:
+        """The Tune stopper that ends the sweep (no new trials, running ones stopped) once this
+        callback has seen enough."""
+        return _StopWhenRepeated(self)
+
+
+class _StopWhenRepeated(tune.Stopper):
+    def __init__(self, errors: RepeatedErrors):
+        self.errors = errors
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.errors.stop_line is not None
+
+
+class Progress(tune.Callback):
+    """Live progress on the console: a line per finished trial, a summary every few seconds.
+
+    A failure is shown with its error once; a trial failing with the error shown last says
+    "the same error". While ``errors`` may still stop the sweep, failures are held back: if it
+    stops, its one message replaces them; otherwise they are shown at the next other end."""
+
+    def __init__(self, metric: str, mode: str, tracker: MlflowTrials, errors: RepeatedErrors | None,
+                 echo: Callable[[str], None], every_s: float = 10.0):
+        self.metric, self.mode, self.tracker, self.errors, self.echo = metric, mode, tracker, errors, echo
+        self.every_s = every_s
         self.best: tuple[float, str, int] | None = None
         self._started = time.monotonic()
         self._last = 0.0
+        self._held: list[tuple[str, str]] = []  # (trial name, error line) not shown yet
+        self._last_error: tuple[str, str] | None = None  # (trial name, error line) last shown
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "echo": print}
+
+    def setup(self, **info: Any) -> None:
+        self._started = time.monotonic()  # the clock of this process's lines (a resumed one starts at 0:00)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.metric)
@@ -216,14 +316,40 @@ class Progress(tune.Callback):
                 self.best = (float(value), trial_name(trial.trial_id), int(result.get("epoch", 0)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._show_held()
         last = trial.last_result or {}
-        status = self.statuses.get(trial.trial_id, "done").replace("_", " ")
+        status = self.tracker.status_of(trial).replace("_", " ")
         value = last.get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, float) else "-"
         self.echo(f"  {trial_name(trial.trial_id)} {status} at epoch {last.get('epoch', 0)}: {self.metric} {shown}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.echo(f"  {trial_name(trial.trial_id)} failed: {error_line(trial)}")
+        # RepeatedErrors comes before this callback: it has already counted this failure.
+        if self.errors is not None and self.errors.stop_line is not None:
+            self._held.clear()  # the sweep stops: its message says it once
+            return
+        failure = (trial_name(trial.trial_id), error_line(trial))
+        if self.errors is not None and self.errors.armed:
+            self._held.append(failure)
+            return
+        self._show_held()
+        self._show(*failure)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.errors is None or self.errors.stop_line is None:
+            self._show_held()  # the sweep ended before the check could decide
+
+    def _show_held(self) -> None:
+        held, self._held = self._held, []
+        for failure in held:
+            self._show(*failure)
+
+    def _show(self, name: str, line: str) -> None:
+        if self._last_error is not None and self._last_error[1] == line:
+            self.echo(f"  {name} failed: the same error as {self._last_error[0]}")
+            return
+        self._last_error = (name, line)
+        self.echo(f"  {name} failed: {line}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
@@ -232,7 +358,7 @@ class Progress(tune.Callback):
         self._last = now
         counts: dict[str, int] = {}
         for t in trials:
-            state = self.statuses.get(t.trial_id) or t.status.lower()
+            state = self.tracker.status_of(t)
             counts[state] = counts.get(state, 0) + 1
         parts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
         best = f" | best {self.metric} {self.best[0]:.4f} ({self.best[1]}, epoch {self.best[2]})" if self.best else ""

@@ -23,6 +23,8 @@ from pathlib import Path
 from tricksweep.errors import SpecError, one_line
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # the sweep failed: every trial failed, or its first trials failed alike and it stopped
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: `tricksweep resume NAME` finishes the sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:
         # Not a mistake the engine recognised: still one line, the traceback for those who ask.
         if debug:
@@ -174,14 +176,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     code_runtime_env(loaded, args.address)  # a code folder too big to ship fails before the cluster is reached
     check_address(args.address)
     console = _console()
-    outcome = run_sweep(
-        loaded, smoke_test=args.smoke, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
-        echo=lambda line: console.print(line, markup=False),
-    )
-    code = _summary(console, outcome, args.top)
-    if not args.no_report:
-        _auto_report(console, outcome, args.top)
-    return code
+    try:
+        outcome = run_sweep(
+            loaded, smoke_test=args.smoke, tracking_uri=args.tracking_uri, address=args.address, storage=args.storage,
+            echo=lambda line: console.print(line, markup=False),
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune ran: no summary, still the way on
+        from tricksweep.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri, loaded.spec.tracking.uri)
+        print(_interrupted_line(loaded.spec.tracking.experiment or loaded.spec.name, uri), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _conclude(console, outcome, args.top, report=not args.no_report)
+
+
+def _conclude(console, outcome, top: int, *, report: bool) -> int:
+    """The summary, the report of a completed sweep, and a last line that says what to do next
+    for one that did not complete; the exit code."""
+    _summary(console, outcome, top)
+    if outcome.interrupted:
+        console.print(_interrupted_line(outcome.experiment, outcome.tracking_uri), markup=False)
+        return EXIT_INTERRUPTED
+    if outcome.failed:
+        print(f"error: sweep {outcome.name} failed: {outcome.error or 'every trial failed'}", file=sys.stderr)
+        return EXIT_FAILED
+    if report:
+        _auto_report(console, outcome, top)
+    return 0
+
+
+def _interrupted_line(experiment: str, uri: str) -> str:
+    """The last line of an interrupted sweep: the command that finishes it."""
+    from tricksweep.tracking import resolve_tracking_uri
+
+    command = f"tricksweep resume {experiment}"
+    if uri != resolve_tracking_uri(None, None):  # where resume looks when not told
+        command += f" --tracking-uri {uri}"
+    return f"interrupted; to finish the sweep: {command}"
 
 
 def _auto_report(console, outcome, top: int) -> None:
@@ -221,13 +252,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_tracking(resolve_tracking_uri(args.tracking_uri, None))
     check_address(args.address)
     console = _console()
-    outcome = resume_sweep(
-        args.name, tracking_uri=args.tracking_uri, address=args.address,
-        echo=lambda line: console.print(line, markup=False),
-    )
-    code = _summary(console, outcome, args.top)
-    _auto_report(console, outcome, args.top)
-    return code
+    try:
+        outcome = resume_sweep(
+            args.name, tracking_uri=args.tracking_uri, address=args.address,
+            echo=lambda line: console.print(line, markup=False),
+        )
+    except KeyboardInterrupt:
+        from tricksweep.tracking import resolve_tracking_uri
+
+        print(_interrupted_line(args.name, resolve_tracking_uri(args.tracking_uri, None)), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _conclude(console, outcome, args.top, report=True)
 
 
 def _console():
@@ -240,7 +275,7 @@ def _console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _summary(console, outcome, top: int) -> int:
+def _summary(console, outcome, top: int) -> None:
     from tricksweep import leaderboard
 
     console.print()
@@ -250,7 +285,8 @@ def _summary(console, outcome, top: int) -> int:
         counts[trial.status] = counts.get(trial.status, 0) + 1
     summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(counts.items()))
     minutes, seconds = divmod(int(outcome.wall_s), 60)
-    console.print(f"done in {minutes}:{seconds:02d}: {summary}", markup=False)
+    ended = {"interrupted": "interrupted after", "failed": "failed after"}.get(outcome.status, "done in")
+    console.print(f"{ended} {minutes}:{seconds:02d}: {summary or 'no trial ran'}", markup=False)
     if outcome.best is not None and outcome.best_value is not None:
         epoch = outcome.leaderboard[0].best_epoch
         console.print(f"best {outcome.metric}: {outcome.best_value:.4f} (trial {outcome.best.trial_id}, epoch {epoch})",
@@ -260,7 +296,6 @@ def _summary(console, outcome, top: int) -> int:
     console.print(f"  open it:  tricksweep ui   (or: mlflow ui --backend-store-uri {outcome.tracking_uri})  "
                   f"then {outcome.ui_url}", markup=False)
     console.print(f"Tune results: {outcome.experiment_path}", markup=False)
-    return 1 if outcome.failed else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -6,18 +6,23 @@ from MLflow alone: ``report.build_report``).
 
 - **resolve**: the spec as it will run (smoke mode, ``init.source`` files, absolute paths);
 - **plan**: the Tuner with the trial function (``trial.run_trial``), searcher, ASHA and callbacks;
-- **run**: Ray up, ``Tuner.fit``, the parent run failed if anything goes wrong;
-- **record**: the leaderboard, the best checkpoint and the end status on the parent run.
+- **run**: Ray up, ``Tuner.fit``; Ctrl-C or SIGTERM stops it as Tune's own Ctrl-C does (trials
+  left to ``tricksweep resume``), a run of identical trial errors stops it early;
+- **record**: the leaderboard, the best checkpoint and the end status on the parent run:
+  ``completed``, ``failed`` or ``interrupted``. Whatever fails on the way, no run is left RUNNING.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ from ray import tune
 
 from tricksweep import leaderboard, preflight, search, shipping
 from tricksweep import space as dsl
-from tricksweep.callbacks import MlflowTrials, Progress
+from tricksweep.callbacks import MlflowTrials, Progress, RepeatedErrors
 from tricksweep.errors import RAY_TOKEN_FIX, SpecError
 from tricksweep.leaderboard import ConfigRow
 from tricksweep.records import TrialRecord
@@ -64,6 +69,9 @@ class Outcome:
     metric: str
     mode: str
     best_config: dict[str, Any] | None = None  # the best trial's sampled config, nested as in the space
+    status: str = "completed"  # how the sweep ended: completed, failed or interrupted (its parent run's tag)
+    error: str | None = None  # why it failed, one line (the parent run's tricksweep.error)
+    experiment: str = ""  # the MLflow experiment: what `tricksweep resume` takes
 
     @property
     def best(self) -> TrialRecord | None:
@@ -76,7 +84,11 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
-        return bool(self.trials) and all(t.status == "failed" for t in self.trials)
+        return self.status == "failed"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "interrupted"
 
 
 # -- resolve -----------------------------------------------------------------------------------
@@ -142,12 +154,14 @@ def trial_trainable(loaded: LoadedSpec) -> Any:
 
 
 def callbacks(spec: SweepSpec, parent: ParentRun, echo: Callable[[str], None]) -> list[tune.Callback]:
-    """The MLflow child runs and the console progress."""
+    """The MLflow child runs, the stop on repeated errors and the console progress (in that
+    order: each reads what the ones before it recorded of a trial's end)."""
     tracker = MlflowTrials(
         parent.uri, parent.experiment_id, parent.run_id,
         max_epochs=spec.budget.max_epochs, asha=isinstance(spec.scheduler, Asha), time_limit_s=spec.budget.time_limit_s,
     )
-    return [tracker, Progress(spec.metric, spec.mode, tracker.statuses, echo)]
+    errors = RepeatedErrors(spec.stop_on_repeated_errors)
+    return [tracker, errors, Progress(spec.metric, spec.mode, tracker, errors, echo)]
 
 
 def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
@@ -181,6 +195,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
             name=run_name,
             storage_path=storage_path,
             callbacks=callbacks,
+            stop=next((c.stopper() for c in callbacks if isinstance(c, RepeatedErrors)), None),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(
@@ -295,29 +310,118 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
     return True
 
 
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM while a sweep runs.
+
+    Inside ``fitting()`` the first signal asks Tune to stop as its own Ctrl-C handler would (one
+    last snapshot of the experiment, unfinished trials left for ``tricksweep resume``) and is
+    remembered in ``received``, so the sweep ends as interrupted, not as finished. A second
+    signal, or one outside ``fitting()``, raises KeyboardInterrupt at once. Signals reach only
+    the main thread; from any other, nothing is installed (and Tune installs nothing either).
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None  # SIGINT or SIGTERM
+        self._saved: dict[int, Any] = {}
+        self._fitting = False
+        self._before_fit: Any = None  # SIGUSR1's handler before fit: not yet Tune's
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def install(self) -> None:
+        """Put the handlers (back) in place; the ones found first are restored on exit."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.signal(sig, self._handle)
+                self._saved.setdefault(sig, previous)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        """Around ``Tuner.fit``: Tune leaves SIGINT to us, and we reach its stop through the
+        handler it installs for SIGUSR1 (the same one its Ctrl-C handler is)."""
+        saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._before_fit = _sigusr1_handler()
+        self._fitting = True
+        try:
+            yield
+        finally:
+            self._fitting = False
+            if saved_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        tune_stop = _sigusr1_handler()
+        # Tune's handler is in place once fit has set up; until then SIGUSR1's is the one from before.
+        tune_ready = self._fitting and callable(tune_stop) and tune_stop is not self._before_fit
+        if self.received is not None or not tune_ready:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        tune_stop(signum, frame)
+
+
+def _sigusr1_handler() -> Any:
+    return signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+
+
 def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: ParentRun,
-            address: str | None, runtime_env: dict[str, Any] | None = None) -> tuple[Any, MlflowTrials]:
-    """Ray up, the Tuner made and fitted; Tune's results and the tracker, drained. Whatever fails
-    on the way, the parent run is not left RUNNING."""
+            address: str | None, runtime_env: dict[str, Any] | None = None,
+            ) -> tuple[Any, MlflowTrials, RepeatedErrors | None, str | None]:
+    """Ray up (with ``runtime_env``: the user's code shipped to a cluster), the Tuner made and
+    fitted; Tune's results, the tracker (drained), the repeated-error check and the signal that
+    interrupted the sweep, if one did. Whatever fails on the way, the parent run and the child runs
+    are not left RUNNING."""
     _quiet_tune()
-    fitted, owns_ray, tracker = False, False, None
+    owns_ray, tracker = False, None
+    signals = StopSignals()
     try:
-        owns_ray = ensure_ray(address, runtime_env=runtime_env)
-        tuner = make_tuner()
-        tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
-        with pending_trials_limit(spec):
-            results = tuner.fit()
-        fitted = True
+        with signals:
+            owns_ray = ensure_ray(address, runtime_env=runtime_env)
+            signals.install()  # ray.init put its own SIGTERM handler in place (it prints a stack and aborts)
+            tuner = make_tuner()
+            tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
+            with pending_trials_limit(spec), signals.fitting():
+                results = tuner.fit()
+    except BaseException as err:
+        if tracker is not None:
+            tracker.close()
+            with contextlib.suppress(Exception):  # the store may be what failed: the error is what matters
+                parent.settle_children(tracker.statuses, tracker.started_trials)
+        parent.fail(err)
+        raise
     finally:
         if tracker is not None:
             tracker.close()
-        if not fitted:
-            parent.finish("failed", {ERROR_TAG: "the sweep driver stopped before Tune finished"})
         if owns_ray:
             import ray
 
             ray.shutdown()
-    return results, tracker
+    errors = next((c for c in _callbacks(tuner) if isinstance(c, RepeatedErrors)), None)
+    return results, tracker, errors, signals.received
+
+
+# Ray's lines that would contradict ours or name the wrong command: Tune's "interrupted, resume
+# with Tuner.restore(...)" (ours names `tricksweep resume`), one "could not fetch metrics" per trial
+# that never started or never reported, the list of trials "that did not complete", and the
+# traceback of a trial that failed as the sweep stopped (its error was never fetched: Tune had let go).
+_TUNE_NOISE = (
+    "Stop signal received", "Experiment has been interrupted", "Training has been interrupted",
+    "Trials did not complete", "Failed to fetch metrics", "Could not fetch metrics", "Unhandled error",
+)
+
+
+class _DropTuneNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TUNE_NOISE)
 
 
 def _quiet_tune() -> None:
@@ -325,21 +429,39 @@ def _quiet_tune() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our Progress replaces Tune's tables and banners
     # Snapshot the experiment state often: a driver killed between snapshots loses that much bookkeeping.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # A failed trial is one line from Progress (its traceback stays in the trial's error.txt), not
+    # a page of Ray's output per trial.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis", "ray.tune.execution.tune_controller",
+                 "ray._private.worker"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTuneNoise) for f in logger.filters):
+            logger.addFilter(_DropTuneNoise())
 
 
 # -- record ------------------------------------------------------------------------------------
 
 
-def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentRun, started: float) -> Outcome:
+def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentRun, started: float,
+           errors: RepeatedErrors | None = None, interrupted: str | None = None) -> Outcome:
     """The leaderboard from Tune's results; child runs settled (and back-filled where MLflow
-    missed epochs); the parent run given the leaderboard, the best checkpoint and its end."""
-    trials = trial_records(results, tracker.statuses, spec)
+    missed epochs); the parent run given the leaderboard, the best checkpoint and its end:
+    ``interrupted`` after a signal, ``failed`` when the repeated-error check stopped the sweep
+    or every trial failed, else ``completed``."""
+    trials = trial_records(results, tracker, spec)
     board = leaderboard.rank(trials, spec.metric, spec.mode, repeats=spec.repeats > 1)
     parent.settle_children({t.trial_id: t.status for t in trials}, tracker.started_trials)
     if tracker.resumed or tracker.incomplete:  # results Tune has but MLflow may miss
         parent.backfill(_histories(results), spec.metric)
-    failed = bool(trials) and all(t.status == "failed" for t in trials)
-    _finish_parent(parent, results, board, spec, "failed" if failed else "completed")
+    status, error = "completed", None
+    if interrupted:
+        status = "interrupted"
+    elif errors is not None and errors.message:
+        status, error = "failed", errors.message
+    elif trials and all(t.status == "failed" for t in trials):
+        status, error = "failed", f"all {len(trials)} trials failed; the last: {tracker.error_lines[-1]}" \
+            if tracker.error_lines else f"all {len(trials)} trials failed"
+    _finish_parent(parent, results, board, spec, status, error)
     if spec.checkpoint.keep == "best_and_last":
         prune_checkpoints(results, spec.metric, spec.mode)
     best = board[0].best_trial if board else None
@@ -348,21 +470,31 @@ def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentR
         name=spec.name, tracking_uri=parent.uri, experiment_id=parent.experiment_id, parent_run_id=parent.run_id,
         ui_url=parent.ui_url(), experiment_path=results.experiment_path, leaderboard=board, trials=trials,
         wall_s=time.monotonic() - started, errors=results.num_errors, metric=spec.metric, mode=spec.mode,
-        best_config=best_config,
+        best_config=best_config, status=status, error=error, experiment=parent.experiment_name,
     )
 
 
-def trial_records(results: Any, statuses: dict[str, str], spec: SweepSpec) -> list[TrialRecord]:
-    """Each trial of Tune's results as a record: its params, per-epoch metrics and end status."""
+def trial_records(results: Any, tracker: MlflowTrials, spec: SweepSpec) -> list[TrialRecord]:
+    """Each trial of Tune's results that ran as a record: its params, per-epoch metrics and end
+    status. A trial that never ran (still pending when the sweep was interrupted or stopped) is
+    no record: it was neither stopped by ASHA nor anything else. One that was running then, Tune
+    ends without a word to the callbacks: ``interrupted``."""
     records = []
     for result in results:
         last = result.metrics or {}
         trial_id = last.get("trial_id") or Path(result.path).name
-        status = statuses.get(trial_id)
+        status = tracker.statuses.get(trial_id)
+        if status is None and result.error:
+            status = "failed"
+        if status is None and "epoch" not in last:  # Tune gives a trial that never ran {"trial_id": ...}
+            continue  # never ran, or never reported an epoch: nothing to record
         if status is None:
-            asha = isinstance(spec.scheduler, Asha)
-            status = "failed" if result.error else end_status(last, max_epochs=spec.budget.max_epochs, asha=asha,
-                                                               out_of_time=False)[0]
+            # Tune ended it without on_trial_complete (ASHA's stops do call it): the time budget
+            # ran out, or the sweep was interrupted or stopped while it ran.
+            out_of_time = spec.budget.time_limit_s is not None and tracker.elapsed_s >= spec.budget.time_limit_s
+            status = end_status(last, max_epochs=spec.budget.max_epochs, asha=False, out_of_time=out_of_time)[0]
+            if status == "stopped":
+                status = "interrupted"
         frame = result.metrics_dataframe
         rows = frame.to_dict("records") if frame is not None else ([last] if last else [])
         history: dict[str, dict[int, float]] = {}
@@ -384,12 +516,15 @@ def _histories(results: Any) -> dict[str, list[dict]]:
     return out
 
 
-def _finish_parent(parent: ParentRun, results: Any, board: list[ConfigRow], spec: SweepSpec, status: str) -> None:
+def _finish_parent(parent: ParentRun, results: Any, board: list[ConfigRow], spec: SweepSpec, status: str,
+                   error: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp, "leaderboard.csv")
         leaderboard.write_csv(board, csv_path)
         parent.log_artifact(csv_path)
         tags = {"tricksweep.trials": str(sum(len(row.trials) for row in board))}
+        if error:
+            tags[ERROR_TAG] = error
         top = board[0] if board else None
         if top is not None and top.best_value is not None:
             best = top.best_trial
@@ -455,16 +590,28 @@ def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: boo
                           storage_path=plan.storage_path, smoke=plan.smoke)
     echo(f"sweep {plan.spec.name}: {plan.loaded.trials_total} trials x <= {plan.spec.budget.max_epochs} epochs, "
          f"MLflow run {parent.run_id} at {plan.tracking_uri}")
-    results, tracker = execute(
+    return _run_and_record(
         lambda: build_tuner(plan.loaded, plan.storage_path, plan.run_name, callbacks(plan.spec, parent, echo)),
-        plan.spec, parent, address, shipped,
+        plan.spec, parent, address, started, shipped,
     )
-    return record(results, tracker, plan.spec, parent, started)
+
+
+def _run_and_record(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: ParentRun, address: str | None,
+                    started: float, runtime_env: dict[str, Any] | None) -> Outcome:
+    results, tracker, errors, interrupted = execute(make_tuner, spec, parent, address, runtime_env)
+    try:
+        return record(results, tracker, spec, parent, started, errors, interrupted)
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            parent.settle_children(tracker.statuses, tracker.started_trials)
+        parent.fail(err)
+        raise
 
 
 def resume_sweep(name: str, *, tracking_uri: str | None = None, address: str | None = None,
                  echo: Callable[[str], None] = print) -> Outcome:
-    """Finish the latest run of sweep ``name`` after its driver died or its cluster restarted.
+    """Finish the latest run of sweep ``name`` after its driver died, it was interrupted, or its
+    cluster restarted.
 
     Tune restores its experiment from the storage path recorded on the MLflow parent run
     (unpickling it: only resume from your own storage); unfinished and errored trials continue
@@ -487,5 +634,4 @@ def resume_sweep(name: str, *, tracking_uri: str | None = None, address: str | N
     shipped = code_runtime_env(loaded, address)
     parent.reopen()
     echo(f"resuming sweep {name}: MLflow run {parent.run_id}, Tune experiment {path}")
-    results, tracker = execute(lambda: restore_tuner(path, loaded, echo), loaded.spec, parent, address, shipped)
-    return record(results, tracker, loaded.spec, parent, started)
+    return _run_and_record(lambda: restore_tuner(path, loaded, echo), loaded.spec, parent, address, started, shipped)

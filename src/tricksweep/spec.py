@@ -148,6 +148,9 @@ class SweepSpec(Strict):
     resources: Resources = Field(default_factory=Resources)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as resources allow")
     max_failures: int = Field(0, ge=-1, description="retries of a failed trial from its checkpoint (-1 = forever)")
+    stop_on_repeated_errors: int = Field(
+        3, ge=0, description="stop the sweep when its first N trials to end all failed with the same error (0: never)"
+    )
     seed: int = 0
     tracking: Tracking = Field(default_factory=Tracking)
     storage: str | None = Field(None, description="Tune storage path (default: <cwd>/runs); shared on a cluster")

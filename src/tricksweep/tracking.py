@@ -43,6 +43,8 @@ TUNE_KEYS = frozenset(
     }
 )
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+# How a sweep (its parent run) ended, and the MLflow run status each end gets.
+SWEEP_END = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
 def resolve_tracking_uri(flag: str | None, spec_uri: str | None, cwd: Path | None = None) -> str:
@@ -113,6 +115,18 @@ def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: b
     return "stopped", tags
 
 
+def run_status(status: str) -> str:
+    """The MLflow run status of a child run that ended with tricksweep ``status``."""
+    return {"failed": "FAILED", "interrupted": "KILLED", "lost": "KILLED"}.get(status, "FINISHED")
+
+
+def exception_line(err: BaseException, limit: int = 500) -> str:
+    """An exception as one line, ``KeyError: 'ftp'``: its last non-empty line, cut to ``limit``."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def metric_points(result: dict, epoch: int, stamp_ms: int) -> list:
     """A trial result's numeric metrics as MLflow points at step = epoch: Tune's bookkeeping and
     the config (flattened to ``config/...`` in Tune's stored results) left out."""
@@ -147,6 +161,7 @@ class ParentRun:
         self.client = open_client(uri)
         self.experiment_id = self._get_or_create_experiment()
         self.run_id: str | None = None
+        self.finished = False  # finish() was called: the run has its end
 
     def _get_or_create_experiment(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -198,34 +213,43 @@ class ParentRun:
         return sweep
 
     def reopen(self) -> None:
-        """Mark a resumed parent run as running again and count the resumes."""
+        """Mark a resumed parent run as running again and count the resumes; how it ended last
+        time (status and error tags) no longer holds."""
         tags = self.client.get_run(self.run_id).data.tags
         self.client.update_run(self.run_id, status="RUNNING")
+        self.finished = False
         self.client.set_tag(self.run_id, "tricksweep.resumes", str(int(tags.get("tricksweep.resumes", "0")) + 1))
+        for key in (STATUS_TAG, ERROR_TAG):
+            if key in tags:
+                self.client.delete_tag(self.run_id, key)
 
     def settle_children(self, statuses: dict[str, str], started: set[str]) -> None:
-        """Give every child still without an end status the one Tune's results imply. After a
-        driver crash, a trial can have finished in Tune's saved state before its MLflow end was
-        written. And a trial begun after Tune's last snapshot is unknown to the resumed sweep,
-        which draws another in its place (Optuna gives it a new id): a child whose trial is not
-        in ``started`` (every trial the sweep's Tune state ever started) is ``lost``, not left running."""
+        """End every child run still running, with the status Tune's results imply; none is left
+        running. After a driver crash, a trial can have finished in Tune's saved state before its
+        MLflow end was written. A trial begun after Tune's last snapshot is unknown to the resumed
+        sweep, which draws another in its place (Optuna gives it a new id): a child whose trial is
+        not in ``started`` (every trial the sweep's Tune state ever started) is ``lost``. A trial
+        the sweep left without any end (it was running when the sweep was interrupted or stopped)
+        is ``interrupted``."""
         from mlflow.entities import RunTag
 
         for child in self.children():
-            if STATUS_TAG in child.data.tags:
+            tags = child.data.tags
+            if child.info.status != "RUNNING" and STATUS_TAG in tags:
                 continue
-            trial_id = child.data.tags.get(TRIAL_TAG, "")
-            status = statuses.get(trial_id)
+            trial_id = tags.get(TRIAL_TAG, "")
             if trial_id not in started:
+                status = "lost"
                 self.client.log_batch(child.info.run_id, tags=[
-                    RunTag(STATUS_TAG, "lost"),
+                    RunTag(STATUS_TAG, status),
                     RunTag(ERROR_TAG, "the driver died before Tune's snapshot recorded this trial; "
-                                               "the resumed sweep ran another in its place"),
+                                      "the resumed sweep ran another in its place"),
                 ])
-                self.client.set_terminated(child.info.run_id, "KILLED")
-            elif status is not None:
+            else:
+                # Its end tag may have been written when its run's end was not (a driver killed between).
+                status = statuses.get(trial_id) or tags.get(STATUS_TAG) or "interrupted"
                 self.client.set_tag(child.info.run_id, STATUS_TAG, status)
-                self.client.set_terminated(child.info.run_id, "FAILED" if status == "failed" else "FINISHED")
+            self.client.set_terminated(child.info.run_id, run_status(status))
 
     def backfill(self, histories: dict[str, list[dict]], probe: str) -> int:
         """Write the epochs Tune recorded that MLflow missed: results still queued in the writer
@@ -303,9 +327,24 @@ class ParentRun:
             self.log_artifact(path, "spec/search_spaces")
 
     def finish(self, status: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
-        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
+        """End the run: ``status`` is a key of ``SWEEP_END`` (``interrupted``: MLflow's KILLED),
+        written as ``tricksweep.status`` with ``tags``."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in {**tags, STATUS_TAG: status}.items()])
+        self.client.set_terminated(self.run_id, SWEEP_END[status])
+        self.finished = True
+
+    def fail(self, err: BaseException) -> None:
+        """End the run for ``err`` (a KeyboardInterrupt is an interruption) unless it has ended;
+        never raises, so ``err`` is what the caller sees."""
+        if self.finished or self.run_id is None:
+            return
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        try:
+            self.finish(status, {} if status == "interrupted" else {ERROR_TAG: exception_line(err)})
+        except Exception as finish_err:  # noqa: BLE001 - the store may be what failed
+            log.warning("MLflow: could not end parent run %s: %s", self.run_id, finish_err)
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
         return f"{host}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
@@ -318,7 +357,11 @@ def start_parent(loaded: LoadedSpec, *, uri: str, run_name: str, storage_path: s
     parent = ParentRun(uri, spec.tracking.experiment or spec.name)
     parent.start(run_name, spec_params(spec.model_dump(mode="json"), loaded.raw_space),
                  parent_tags(loaded, storage_path=f"{storage_path}/{run_name}", smoke=smoke))
-    parent.log_spec_files(loaded)
+    try:
+        parent.log_spec_files(loaded)
+    except BaseException as err:
+        parent.fail(err)
+        raise
     return parent
 
 
