@@ -22,8 +22,12 @@ def max_overlap(intervals: list[tuple[int, int]]) -> int:
     return peak
 
 
-@pytest.mark.parametrize("share, expected", [(0.25, 4), (0.5, 2)])
-def test_fractional_share_packs_that_many_trials(ray_local, tmp_path: Path, tracking_uri, share: float, expected: int):
+# (0.25, 3): max_concurrent_trials caps below what the share allows (Ray's variant generator
+# ignored Tune's cap until it was handed its own).
+@pytest.mark.parametrize("share, max_concurrent, expected", [(0.25, None, 4), (0.25, 3, 3)])
+def test_fractional_share_packs_that_many_trials(
+    ray_local, tmp_path: Path, tracking_uri, share: float, max_concurrent: int | None, expected: int
+):
     spec = write_spec(
         tmp_path,
         f"""\
@@ -33,6 +37,7 @@ mode: max
 budget: {{trials: 8, max_epochs: 6}}
 scheduler: {{type: none}}
 resources: {{cpu: 0.25, custom: {{accel: {share}}}}}
+max_concurrent_trials: {"null" if max_concurrent is None else max_concurrent}
 space:
   model: {{name: cnn, width: 16}}
 """,
@@ -45,5 +50,5 @@ space:
         [outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'"
     )
     intervals = [(c.info.start_time, c.info.end_time) for c in children]
-    # CPUs alone would allow 8 at once (0.25 each on 2); the 1.0 'accel' allows 1/share.
+    # CPUs alone would allow 8 at once (0.25 each on 2); the 1.0 'accel' allows 1/share; the cap, fewer.
     assert max_overlap(intervals) == expected

@@ -167,6 +167,7 @@ def callbacks(spec: SweepSpec, parent: ParentRun, echo: Callable[[str], None]) -
 def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
     """The Tuner for a validated spec (Ray must be running: weights files go to its object store)."""
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     spec = loaded.spec
     scheduler = None
@@ -187,7 +188,8 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
             scheduler=scheduler,
             search_alg=search_alg,
             num_samples=num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            # A variant generator caps itself (searchers._variants); Tune would only warn it ignores this.
+            max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else spec.max_concurrent_trials,
             time_budget_s=spec.budget.time_limit_s,
             reuse_actors=True,
         ),

@@ -259,7 +259,9 @@ def _variants(space: dsl.Node, spec: Any, enumerate_ranges: bool) -> tuple[Any, 
         # Every trial draws its own seed from the sweep's seeded generator (or runs each repeat seed).
         seeds = repeat_seeds(spec.seed, spec.repeats) if spec.repeats > 1 else None
         compiled["seed"] = tune.grid_search(seeds) if seeds else tune.randint(0, SEED_RANGE)
-    variants = BudgetedVariants(random_state=spec.seed, max_total_epochs=spec.budget.max_total_epochs)
+    # Tune applies max_concurrent_trials only to a Searcher: the variant generator takes its own.
+    variants = BudgetedVariants(random_state=spec.seed, max_total_epochs=spec.budget.max_total_epochs,
+                                max_concurrent=spec.max_concurrent_trials or 0)
     return variants, spec.budget.trials, compiled
 
 
