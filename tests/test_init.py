@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
 
 from tricksweep.cli import main
@@ -18,6 +19,10 @@ def test_init_writes_a_project_that_validates_and_runs(ray_local, tmp_path: Path
     assert main(["init", "my-proj"]) == 0
     out = capsys.readouterr().out
     assert "cd my-proj" in out and "tricksweep run sweeps/my_proj.yaml --smoke" in out
+    readme = (ROOT / "README.md").read_text()
+    for command in ("tricksweep init myproj", "tricksweep validate sweeps/myproj.yaml",
+                    "tricksweep run sweeps/myproj.yaml --smoke"):
+        assert command in readme, f"the README's first-hour flow lost {command!r}"
     project = tmp_path / "my-proj"
     assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == [
         "my_proj/__init__.py", "my_proj/data.py", "my_proj/nets.py", "sweeps/my_proj.yaml",
