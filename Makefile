@@ -19,17 +19,23 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/tricksweep run sweeps/quickstart.yaml
 
+# Test files run in PYTEST_WORKERS processes (pytest-xdist), a file at a time each: module-scoped
+# sweeps run once, and one process's wait (a worker starting, a server, a driver) is the other's CPU.
+# Each process has its own session Ray. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+
 # The whole suite: what CI runs (.ci/run).
 test: setup browser
-	$(BIN)/python -m pytest --durations=15  # the slowest tests, for whoever makes the suite faster
+	$(BIN)/python -m pytest $(XDIST) --durations=15  # the slowest tests, for whoever makes the suite faster
 
 # ruff over the whole tree (config in pyproject.toml): seconds, so CI runs it first.
 lint: setup
 	$(BIN)/ruff check .
 
-# All but the multi-process scenarios (tests marked `scenario`): about 3 minutes on 2 CPUs.
+# All but the multi-process scenarios (tests marked `scenario`).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not scenario"
+	$(BIN)/python -m pytest $(XDIST) -m "not scenario"
 
 # What the tests need beyond pip: tests/test_mlflow_ui.py drives Debian's chromium through playwright
 # (no `playwright install`). Where it can't be installed, that test fails and says how; it never skips.

@@ -18,6 +18,10 @@ TESTS = Path(__file__).resolve().parent
 # Set before Ray starts: a stale ~/.ray/auth_token would otherwise turn token auth on.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Every `mlflow server` a test starts (and the benchmarks' subprocess) inherits this: MLflow 3's
+# server otherwise starts 7 huey job-runner processes for its own async jobs, which tracking never
+# uses; each imports MLflow, about 8 CPU-s per server start, taken from the sweep on 2 CPUs.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, str(TESTS))
 
 
@@ -103,15 +107,29 @@ def free_port() -> int:
     pick 152 times in 2000 with 1000 held). This one lies between Ray's worker ports (10002-19999)
     and the ephemeral range, where only an explicit bind lands; it is free on every address, and no
     two calls in a session return the same port (9 kernel picks in a row repeat one 1 time in 400).
+    Under pytest-xdist each worker is a session of its own: it picks in its own slice of the span,
+    so no two workers hand out the same port either.
     """
     low, high = _ephemeral_range()
     span = range(20000, low) if low > 21000 else range(high + 1, 65536) if high < 64000 else range(20000, 65536)
+    span = _worker_slice(span)
     for _ in range(200):
         port = _PICK.choice(span)
         if port not in _HANDED_OUT and _unbound(port):
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port in {span.start}-{span.stop - 1} after 200 tries")
+
+
+def _worker_slice(span: range) -> range:
+    """This xdist worker's share of ``span`` (all of it without xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return span
+    size = len(span) // count
+    start = span.start + int(worker[2:]) * size
+    return range(start, start + size)
 
 
 def _ephemeral_range() -> tuple[int, int]:
