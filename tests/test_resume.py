@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from conftest import ROOT, write_spec
 from mlflow.tracking import MlflowClient
 
 from tricksweep.cli import main
@@ -25,7 +26,7 @@ budget: {trials: 6, max_epochs: 16}
 scheduler: {type: none}
 seed: 3
 space:
-  model: {name: cnn, width: 32}
+  model: MODEL
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
   dropout: {choice: [0.0, 0.2]}
 """
@@ -57,10 +58,20 @@ def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.scenario
-@pytest.mark.parametrize("searcher", ["random", "optuna_tpe"])
-def test_resume_after_the_driver_is_killed(searcher: str, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("searcher", "model"),
+    [
+        # A user's own model factory, found by import string in the spec's folder (examples/own_model).
+        ("random", '{name: "own_nets.nets:make_net", width: 32}'),
+        ("optuna_tpe", "{name: cnn, width: 32}"),
+    ],
+    ids=["random-own_model", "optuna_tpe-cnn"],
+)
+def test_resume_after_the_driver_is_killed(searcher: str, model: str, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = write_spec(tmp_path, SPEC + f"searcher: {searcher}\n")
+    shutil.copytree(ROOT / "examples" / "own_model" / "own_nets", tmp_path / "own_nets",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    spec = write_spec(tmp_path, SPEC.replace("MODEL", model) + f"searcher: {searcher}\n")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     client = MlflowClient(uri)
     client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
