@@ -205,6 +205,27 @@ def test_with_the_check_off_every_trial_runs_and_the_error_is_shown_once(ray_loc
     assert parent.info.status == "FAILED" and parent.data.tags[ERROR_TAG] == outcome.error
 
 
+def test_the_first_trial_without_its_files_stops_the_sweep(ray_local, tmp_path: Path, tracking_uri):
+    from unavailable_trainable import ERROR
+
+    from tricksweep.runner import run_sweep
+    from tricksweep.spec import load_spec
+
+    spec = write_spec(tmp_path, REPEATED_ERRORS_SPEC.replace("broken_trainable", "unavailable_trainable")
+                      + "max_concurrent_trials: 1\n")
+    lines: list[str] = []
+    outcome = run_sweep(load_spec(spec), tracking_uri=tracking_uri, storage=str(tmp_path / "runs"), echo=lines.append)
+    assert outcome.status == "failed"
+    assert outcome.error == (f"trial-00000 could not read its files: trainables.data.FilesUnavailable: {ERROR} "
+                             "(at tests/unavailable_trainable.py:11)"), outcome.error
+    assert sum(ERROR in ln for ln in lines) <= 1, lines  # shown once at most, besides the error at the end
+    client = MlflowClient(tracking_uri)
+    children = client.search_runs([outcome.experiment_id],
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    assert [c.data.tags[STATUS_TAG] for c in children] == ["failed"], "one trial, not twelve"
+    assert client.get_run(outcome.parent_run_id).info.status == "FAILED"
+
+
 @pytest.mark.parametrize("raised", [RuntimeError("tuner could not be built\nstorage refused"), KeyboardInterrupt()])
 def test_a_driver_failure_after_the_parent_run_exists_ends_it(ray_local, tracking_uri: str, raised: BaseException):
     from tricksweep.runner import execute

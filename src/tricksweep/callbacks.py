@@ -227,7 +227,9 @@ class RepeatedErrors(tune.Callback):
     (its ``error_line``: exception type, last line and the user's file:line): a broken dataset
     or a bug in user code then costs ``limit`` trials, not all of them. Any other end first (a
     trial that finished, or a different error) turns the check off for the rest of the sweep.
-    ``limit`` 0: never stop."""
+    A trial whose data or weights files are unavailable (``FilesUnavailable``: on a cluster, a path
+    only the driver can see) stops the sweep at once, whatever ended before: every trial placed
+    where those files are missing would fail the same way. ``limit`` 0: never stop."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -250,9 +252,12 @@ class RepeatedErrors(tune.Callback):
         self.armed = False
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        line = error_line(trial) if self.armed or self.limit > 0 else ""
+        if self.limit > 0 and self.stop_line is None and _files_unavailable(line):
+            self.failures, self.armed, self.stop_line = [(trial_name(trial.trial_id), line)], False, line
+            return
         if not self.armed:
             return
-        line = error_line(trial)
         if self.failures and line != self.failures[0][1]:
             self.armed = False
             return
@@ -266,12 +271,19 @@ class RepeatedErrors(tune.Callback):
         """One line saying why the sweep stopped, or None when it did not stop for errors."""
         if self.stop_line is None:
             return None
+        if _files_unavailable(self.stop_line):
+            return f"{self.failures[0][0]} could not read its files: {self.stop_line}"
         return f"the first {len(self.failures)} trials all failed with the same error: {self.stop_line}"
 
     def stopper(self) -> tune.Stopper:
         """The Tune stopper that ends the sweep (no new trials, running ones stopped) once this
         callback has seen enough."""
         return _StopWhenRepeated(self)
+
+
+def _files_unavailable(line: str) -> bool:
+    """Whether an error line is trainables.data.FilesUnavailable (named with or without its module)."""
+    return line.split(":", 1)[0].rsplit(".", 1)[-1] == "FilesUnavailable"
 
 
 class _StopWhenRepeated(tune.Stopper):
