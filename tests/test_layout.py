@@ -28,6 +28,7 @@ LAYERS = [
     {"analysis"},
     {"plots"},
     {"report"},
+    {"registry"},  # the best model logged, registered, its alias moved (MLflow + torch, no Ray)
     {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tricksweep import leaderboard, search, shipping
+from tricksweep import leaderboard, registry, search, shipping
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress
 from tricksweep.errors import SpecError
@@ -334,6 +334,7 @@ def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentR
         parent.backfill(_histories(results), spec.metric)
     failed = bool(trials) and all(t.status == "failed" for t in trials)
     _finish_parent(parent, results, board, spec, "failed" if failed else "completed")
+    registry.after_sweep(parent.uri, parent.run_id)  # the best model, registered (unless registry: false)
     if spec.checkpoint.keep == "best_and_last":
         prune_checkpoints(results, spec.metric, spec.mode)
     best = board[0].best_trial if board else None

@@ -34,6 +34,7 @@ ERROR_TAG = "tricksweep.error"  # one line: why a trial or sweep failed
 CODE_PATHS_TAG = "tricksweep.code_paths"  # folders user code was imported from (os.pathsep-joined), for resume
 SWEEP_TAG = "tricksweep.sweep"
 RESUMED_TAG = "tricksweep.resumed"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
 TUNE_KEYS = frozenset(
     {
@@ -154,7 +155,9 @@ class ParentRun:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
             try:
-                return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root())
+                # The kind tag makes MLflow 3's UI open the experiment in its model-training view, not GenAI.
+                return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root(),
+                                                     tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -308,7 +311,16 @@ class ParentRun:
         self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        return f"{host}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """The experiment's runs in the MLflow UI, sorted by the sweep's metric (its ``metric`` and
+        ``mode`` params), best first: the UI's runs page takes ``orderByKey`` and ``orderByAsc``."""
+        from urllib.parse import quote
+
+        params = self.client.get_run(self.run_id).data.params
+        url = f"{host}/#/experiments/{self.experiment_id}/runs"
+        if metric := params.get("metric"):
+            ascending = str(params.get("mode") == "min").lower()
+            url += f"?orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc={ascending}"
+        return url
 
 
 def start_parent(loaded: LoadedSpec, *, uri: str, run_name: str, storage_path: str, smoke: bool) -> ParentRun:
