@@ -155,7 +155,8 @@ class ParentRun:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
             try:
-                # The kind tag makes MLflow 3's UI open the experiment in its model-training view, not GenAI.
+                # The kind tag marks a model-training experiment for MLflow 3's UI (its GenAI view then
+                # lists the experiment's training runs too); the link we print selects the view itself.
                 return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root(),
                                                      tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
             except MlflowException as err:
@@ -311,15 +312,17 @@ class ParentRun:
         self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        """The experiment's runs in the MLflow UI, sorted by the sweep's metric (its ``metric`` and
-        ``mode`` params), best first: the UI's runs page takes ``orderByKey`` and ``orderByAsc``."""
+        """The experiment's runs in the MLflow UI's model-training view, sorted by the sweep's metric
+        (its ``metric`` and ``mode`` params), best first. MLflow 3.17's UI picks the view from the
+        URL's ``workflowType`` (a bare experiment link lands in GenAI whatever the experiment's kind
+        tag says); its runs page reads ``orderByKey`` and ``orderByAsc``."""
         from urllib.parse import quote
 
         params = self.client.get_run(self.run_id).data.params
-        url = f"{host}/#/experiments/{self.experiment_id}/runs"
+        url = f"{host}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
         if metric := params.get("metric"):
             ascending = str(params.get("mode") == "min").lower()
-            url += f"?orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc={ascending}"
+            url += f"&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc={ascending}"
         return url
 
 
