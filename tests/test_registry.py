@@ -260,3 +260,14 @@ def test_every_model_exports_with_its_preprocessing(model):
     with torch.no_grad():
         np.testing.assert_allclose(exported.module()(images).numpy(), served.module(images).numpy(), rtol=1e-5,
                                    atol=1e-6)
+
+
+def test_register_command_on_a_finished_sweep(store, capsys):
+    from tricksweep.cli import main
+
+    assert main(["register", NAME, "--tracking-uri", store["uri"]]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith(f"already registered: {NAME} version ")  # the latest sweep's version, kept
+    assert main(["register", NAME, "--tracking-uri", store["uri"], "--alias", "latest"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --alias = 'latest': Value error, "
+                                               "MLflow reserves `latest` and `v<number>` as aliases")
