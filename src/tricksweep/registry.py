@@ -145,7 +145,7 @@ def register_best(uri: str, parent_run_id: str, *, model: str | None = None, ali
     builder = BUILDERS.get(target)
     if builder is None:
         echo(f"model not registered: trainable {spec['trainable']!r} is your own code, whose network tricksweep "
-             "does not know; its best checkpoint is on the parent run under best_checkpoint/")
+             "does not know (a checkpoint its best trial reported stays on the parent run under best_checkpoint/)")
         return None
     if "tricksweep.best_trial" not in tags:
         echo(f"model not registered: sweep {spec['name']} has no best trial with a {metric} value")
