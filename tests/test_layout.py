@@ -29,7 +29,9 @@ LAYERS = [
     {"analysis"},
     {"plots"},
     {"report"},
-    {"preflight"},  # driver side: storage, tracking, dataset and weights checked before Ray starts
+    # driver side: storage, tracking, dataset and weights checked before Ray starts; the best model
+    # logged, registered, its alias moved (MLflow + torch, no Ray)
+    {"preflight", "registry"},
     {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver

@@ -1,5 +1,6 @@
 """The MLflow UI in a real browser: a finished sweep's parent run nests its trials, a trial charts
-its metrics by epoch, and the report is among the parent's artifacts.
+its metrics by epoch, the report is among the parent's artifacts, and the link `run` prints opens
+the sorted training runs, from which the registered best model and its alias are reached.
 
 Headless Chromium from Debian's `chromium` package driven by PyPI's `playwright` (no `playwright
 install`: nothing is downloaded). Missing either is a failure that says how to install it, not a
@@ -166,6 +167,49 @@ def test_sweep_in_the_mlflow_ui(server):
             page.get_by_text("report.html", exact=True).click()
             page.wait_for_timeout(2000)
             page.screenshot(path=str(SHOTS / "mlflow_ui_parent_artifacts.png"))
+        except Exception:
+            page.screenshot(path=str(SHOTS / "mlflow_ui_failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def test_the_printed_link_opens_the_sorted_training_runs_and_the_model(server):
+    """The link `run` prints opens the model-training view with the runs sorted by the sweep's
+    metric; the experiment carries the model-training kind; the parent run shows the registered
+    model, whose page shows the `best` alias."""
+    from mlflow.tracking import MlflowClient
+
+    base, outcome, _, sync_playwright = server
+    client = MlflowClient(outcome.tracking_uri)
+    assert client.get_experiment(outcome.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert str(client.get_model_version_by_alias("ui_sweep", "best").run_id) == outcome.parent_run_id
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(outcome.ui_url.replace("http://127.0.0.1:5000", base))
+            page.get_by_text("Sort: val_accuracy", exact=True).wait_for()
+            # The model-training view's sidebar (GenAI's has Traces, Judges, Prompts... instead).
+            page.get_by_role("link", name="Model registry").wait_for()
+            page.get_by_role("link", name=_parent_run_name(outcome), exact=True).wait_for()
+            page.screenshot(path=str(SHOTS / "mlflow_ui_sorted_runs.png"))
+
+            page.get_by_role("link", name=_parent_run_name(outcome), exact=True).click()
+            page.get_by_text("Registered models", exact=True).first.wait_for()
+            # The version's link (the experiment's breadcrumb has the same name, ui_sweep).
+            version_link = page.locator("a[href*='/models/ui_sweep/versions/1']").first
+            version_link.wait_for()
+            page.screenshot(path=str(SHOTS / "mlflow_ui_parent_registered_model.png"))
+            version_link.click()
+            page.wait_for_url("**/models/ui_sweep/versions/1**")
+            page.get_by_text("Aliases", exact=False).first.wait_for()
+            page.wait_for_timeout(1000)
+            text = page.inner_text("main")
+            assert "best" in text.split(), text[:1500]  # the alias, on the version's page
+            page.screenshot(path=str(SHOTS / "mlflow_ui_model_version.png"))
         except Exception:
             page.screenshot(path=str(SHOTS / "mlflow_ui_failure.png"))
             raise

@@ -5,6 +5,7 @@
     tricksweep run sweeps/quickstart.yaml [--smoke]
     tricksweep resume quickstart
     tricksweep report quickstart [--out DIR]
+    tricksweep register quickstart [--model NAME] [--alias best]
     tricksweep submit sweeps/cifar10_tricks.yaml --address http://127.0.0.1:8265
     tricksweep status|logs|stop JOB --address http://127.0.0.1:8265
     tricksweep ls
@@ -92,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="leaderboard rows")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("register", help="log a finished sweep's best model on its parent run and register it")
+    p.add_argument("name", help="the sweep's name (its MLflow experiment); its latest run is registered")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
+    p.add_argument("--model", help="registered model name (default: the spec's registry.model, else the sweep's name)")
+    p.add_argument("--alias", help="alias to move when this sweep does better (default: the spec's, else 'best')")
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (its dashboard address)")
     p.add_argument("spec", type=Path)
@@ -242,6 +250,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top)
     print_report(report, console, args.top)
     return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from tricksweep.registry import register_best
+    from tricksweep.spec import Registration
+    from tricksweep.tracking import ParentRun, resolve_tracking_uri
+
+    if args.model is not None or args.alias is not None:
+        _validated_registration(Registration, args.model, args.alias)
+    console = _console()
+    parent = ParentRun.latest(resolve_tracking_uri(args.tracking_uri, None), args.name)
+    registered = register_best(parent.uri, parent.run_id, model=args.model, alias=args.alias,
+                               echo=lambda line: console.print(line, markup=False))
+    return 0 if registered is not None else 1
+
+
+def _validated_registration(model, name: str | None, alias: str | None) -> None:
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate({k: v for k, v in (("model", name), ("alias", alias)) if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = first["loc"][0]
+        raise SpecError(f"--{field} = {first['input']!r}: {first['msg']}") from None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

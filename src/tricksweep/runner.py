@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from ray import tune
 
-from tricksweep import leaderboard, preflight, search, shipping
+from tricksweep import leaderboard, preflight, registry, search, shipping
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress, RepeatedErrors
 from tricksweep.errors import RAY_TOKEN_FIX, SpecError
@@ -464,6 +464,8 @@ def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentR
         status, error = "failed", f"all {len(trials)} trials failed; the last: {tracker.error_lines[-1]}" \
             if tracker.error_lines else f"all {len(trials)} trials failed"
     _finish_parent(parent, results, board, spec, status, error)
+    if status == "completed":  # an interrupted sweep registers once it is resumed and done
+        registry.after_sweep(parent.uri, parent.run_id)  # the best model (unless registry: false)
     if spec.checkpoint.keep == "best_and_last":
         prune_checkpoints(results, spec.metric, spec.mode)
     best = board[0].best_trial if board else None

@@ -95,6 +95,27 @@ class Code(Strict):
     )
 
 
+class Registration(Strict):
+    """Where the sweep's best model goes in MLflow's model registry (``registry: false``: nowhere)."""
+
+    model: str | None = Field(
+        None, min_length=1, description="registered model name (default: the sweep's name)"
+    )
+    alias: str = Field(
+        "best",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+        description="alias given to the new version when it beats the version holding it (models:/NAME@ALIAS)",
+    )
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        # MLflow reserves these: `latest` and `v<N>` already name versions in models:/ URIs.
+        if alias.lower() == "latest" or (alias[:1] in "vV" and alias[1:].isdigit()):
+            raise ValueError("MLflow reserves `latest` and `v<number>` as aliases")
+        return alias
+
+
 class Claim(Strict):
     """A claim the sweep tests: ``param`` at ``treatment`` vs ``control`` values, on ``measure``.
 
@@ -156,6 +177,11 @@ class SweepSpec(Strict):
     storage: str | None = Field(None, description="Tune storage path (default: <cwd>/runs); shared on a cluster")
     code: Code = Field(default_factory=Code, description="your code's folder and what of it a cluster gets")
     checkpoint: Checkpointing = Field(default_factory=Checkpointing)
+    registry: Registration | None = Field(
+        default_factory=Registration,
+        description="register the best trial's best epoch as an MLflow model at the end: "
+        "{model, alias}; false = do not register",
+    )
     include: list[str] = Field(default_factory=list, description="fragments from search_spaces/, by file name")
     space: dict[str, Any] = Field(default_factory=dict)
     claims: list[Claim] = Field(
@@ -169,6 +195,14 @@ class SweepSpec(Strict):
             valid = ", ".join(search.SEARCHERS)
             raise ValueError(f"unknown searcher{did_you_mean(name, search.SEARCHERS)}; valid: {valid}")
         return name
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry_switch(cls, value: Any) -> Any:
+        # `registry: false` turns it off, `registry: true` means every default.
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SweepSpec:

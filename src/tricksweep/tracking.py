@@ -34,6 +34,7 @@ ERROR_TAG = "tricksweep.error"  # one line: why a trial or sweep failed
 CODE_PATHS_TAG = "tricksweep.code_paths"  # folders user code was imported from (os.pathsep-joined), for resume
 SWEEP_TAG = "tricksweep.sweep"
 RESUMED_TAG = "tricksweep.resumed"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
 TUNE_KEYS = frozenset(
     {
@@ -169,7 +170,10 @@ class ParentRun:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
             try:
-                return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root())
+                # The kind tag marks a model-training experiment for MLflow 3's UI (its GenAI view then
+                # lists the experiment's training runs too); the link we print selects the view itself.
+                return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_root(),
+                                                     tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -347,7 +351,18 @@ class ParentRun:
             log.warning("MLflow: could not end parent run %s: %s", self.run_id, finish_err)
 
     def ui_url(self, host: str = "http://127.0.0.1:5000") -> str:
-        return f"{host}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """The experiment's runs in the MLflow UI's model-training view, sorted by the sweep's metric
+        (its ``metric`` and ``mode`` params), best first. MLflow 3.17's UI picks the view from the
+        URL's ``workflowType`` (a bare experiment link lands in GenAI whatever the experiment's kind
+        tag says); its runs page reads ``orderByKey`` and ``orderByAsc``."""
+        from urllib.parse import quote
+
+        params = self.client.get_run(self.run_id).data.params
+        url = f"{host}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        if metric := params.get("metric"):
+            ascending = str(params.get("mode") == "min").lower()
+            url += f"&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc={ascending}"
+        return url
 
 
 def start_parent(loaded: LoadedSpec, *, uri: str, run_name: str, storage_path: str, smoke: bool) -> ParentRun:
