@@ -43,6 +43,24 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def short_tmp():
+    """``short_tmp(name)``: a new folder with a short path, for a Ray head's ``--temp-dir``. Ray puts
+    AF_UNIX sockets under it (``<dir>/session_<date>_<pid>/sockets/plasma_store``), whose paths may not
+    exceed 107 bytes; pytest's own folders (``.../pytest-N/popen-gw0/name0`` under xdist) leave too little."""
+    import tempfile
+
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"ts-{name}-", dir="/tmp")))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def new_store(tmp_path_factory):
     """``new_store(folder)``: the URI of a new, empty MLflow sqlite store at folder/mlflow.db.
 

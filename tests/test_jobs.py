@@ -21,9 +21,9 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def head(short_tmp):
     """A one-node cluster in its own process tree, stopped by PID at the end."""
-    temp = tmp_path_factory.mktemp("rayhead")
+    temp = short_tmp("rayhead")
     # Ray binds every port it can pick itself (0), so none can be taken between a pick and the bind:
     # ports picked here by bind(("127.0.0.1", 0)) and bound seconds later went to other processes or
     # were already held on the machine's address, and the head lost its client server, runtime-env

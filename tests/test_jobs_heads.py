@@ -91,9 +91,9 @@ def ray_head(temp: Path, token: Path | None, path: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def token_head(tmp_path_factory):
+def token_head(short_tmp):
     """(dashboard URL, token file) of a head with token auth on."""
-    temp = tmp_path_factory.mktemp("authhead")
+    temp = short_tmp("authhead")
     token = temp / "cluster_token"
     token.write_text(secrets.token_hex(32))
     with ray_head(temp, token, f"{BIN}{os.pathsep}{os.environ['PATH']}") as address:
@@ -152,7 +152,7 @@ def test_a_driver_without_the_token_is_refused_in_one_line(token_head, tmp_path:
 
 
 @pytest.mark.scenario
-def test_a_head_whose_python_lacks_ray_is_named_before_a_job_id(tmp_path_factory, tmp_path: Path):
+def test_a_head_whose_python_lacks_ray_is_named_before_a_job_id(short_tmp, tmp_path: Path):
     system_python = Path("/usr/bin/python3")
     lacks_ray = system_python.exists() and subprocess.run([system_python, "-c", "import ray"],
                                                           capture_output=True).returncode != 0
@@ -161,7 +161,7 @@ def test_a_head_whose_python_lacks_ray_is_named_before_a_job_id(tmp_path_factory
     bin_dir = tmp_path / "bin"  # what PATH finds first on a head started as `.venv/bin/ray start --head`
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(system_python)
-    temp = tmp_path_factory.mktemp("barehead")
+    temp = short_tmp("barehead")
     with ray_head(temp, None, f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin") as address:
         started = time.monotonic()
         done = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,

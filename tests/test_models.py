@@ -263,7 +263,7 @@ def test_the_example_model_is_swept_with_asha_and_recorded(ray_local, project: P
 
 def test_the_readme_shows_the_example_sweep_and_factory():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Your own model") : readme.index("## On a Ray cluster")]
+    section = readme[readme.index("### Your own model") : readme.index("### Your own data")]
     [block] = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
     spec = yaml.safe_load((EXAMPLE / "sweeps" / "own_model.yaml").read_text())
     assert yaml.safe_load(block) == {"space": spec["space"]}

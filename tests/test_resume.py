@@ -26,7 +26,7 @@ budget: {trials: 6, max_epochs: 16}
 scheduler: {type: none}
 seed: 3
 space:
-  model: MODEL
+  model: {name: cnn, width: 32}
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
   dropout: {choice: [0.0, 0.2]}
 """
@@ -71,7 +71,7 @@ def test_resume_after_the_driver_is_killed(searcher: str, model: str, tmp_path: 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shutil.copytree(ROOT / "examples" / "own_model" / "own_nets", tmp_path / "own_nets",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    spec = write_spec(tmp_path, SPEC.replace("MODEL", model) + f"searcher: {searcher}\n")
+    spec = write_spec(tmp_path, SPEC.replace("{name: cnn, width: 32}", model) + f"searcher: {searcher}\n")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     client = MlflowClient(uri)
     client.search_experiments()  # create the store first: two processes migrating a new sqlite file race

@@ -145,6 +145,8 @@ def check_weights_files(space: dsl.Node) -> None:
 
 def _sources(node: Any, path: str, under_source: bool = False) -> list[tuple[str, Any]]:
     if isinstance(node, dict):
+        if under_source:
+            return []  # {sweep: ...} / {mlflow: ...}: no file here; resolve_sources finds them or says why not
         return [found for key, child in node.items()
                 for found in _sources(child, f"{path}.{key}", under_source or key == "source")]
     if isinstance(node, dsl.Choice):
