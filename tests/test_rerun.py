@@ -112,3 +112,27 @@ def test_unknown_sweep_or_trial_is_one_line(sweep, capsys, argv, message):
     assert main(["rerun", *argv, "--tracking-uri", sweep["uri"]]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_a_trial_stopped_early_is_rerun_as_far_as_it_went(sweep):
+    """A trial ASHA stopped at epoch 1 recorded one epoch; its rerun is told to stop after the last
+    recorded epoch (here 1, of this 3-epoch trial), trains that one, equal, and stops."""
+    import tempfile
+
+    from tricksweep.rerun import _status, _train
+    from tricksweep.spec import load_spec
+
+    parent = sweep["parent"]
+    client = parent.client
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = load_spec(client.download_artifacts(parent.run_id, "spec/resolved_spec.yaml", tmp))
+    tags = client.get_run(parent.run_id).data.tags
+    original = sweep["children"]["trial-00000"]
+    config = trial_config(tags, original.data.tags[TRIAL_TAG], original.data.params)
+    run_id = client.create_run(parent.experiment_id, tags={SWEEP_TAG: "rerun"}).info.run_id
+    report = _train(loaded, config, 1, client, run_id, stop_after=1)
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
+    assert report.history["val_accuracy"] == {1: histories(client, original.info.run_id, ["val_accuracy"])[
+        "val_accuracy"][1]}
+    assert _status(report.last, 3, "stopped_by_asha") == "stopped_as_recorded"
+    client.set_terminated(run_id)
