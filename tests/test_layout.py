@@ -31,7 +31,8 @@ LAYERS = [
     {"report"},
     # driver side: storage, tracking, dataset and weights checked before Ray starts; the best model
     # logged, registered, its alias moved (MLflow + torch, no Ray)
-    {"preflight", "registry"},
+    # a recorded trial trained again in this process and compared (MLflow + torch, no Ray)
+    {"preflight", "registry", "rerun"},
     {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver

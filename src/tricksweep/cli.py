@@ -6,6 +6,7 @@
     tricksweep resume quickstart
     tricksweep report quickstart [--out DIR]
     tricksweep register quickstart [--model NAME] [--alias best]
+    tricksweep rerun quickstart trial-00003             # train one trial again; compare with its record
     tricksweep submit sweeps/cifar10_tricks.yaml --address http://127.0.0.1:8265
     tricksweep status|logs|stop JOB --address http://127.0.0.1:8265
     tricksweep ls
@@ -100,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name (default: the spec's registry.model, else the sweep's name)")
     p.add_argument("--alias", help="alias to move when this sweep does better (default: the spec's, else 'best')")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("rerun", help="train one trial of a sweep again (same config and seed) and compare its metrics")
+    p.add_argument("name", help="the sweep's name (its MLflow experiment); its latest run is used")
+    p.add_argument("trial", help="the trial's name (trial-00003) or id (a1b2c_00003)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
+    p.set_defaults(func=cmd_rerun)
 
     p = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (its dashboard address)")
     p.add_argument("spec", type=Path)
@@ -264,6 +271,20 @@ def cmd_register(args: argparse.Namespace) -> int:
     registered = register_best(parent.uri, parent.run_id, model=args.model, alias=args.alias,
                                echo=lambda line: console.print(line, markup=False))
     return 0 if registered is not None else 1
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from tricksweep.preflight import check_tracking
+    from tricksweep.rerun import lines, rerun_trial
+    from tricksweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    check_tracking(uri)
+    console = _console()
+    rerun = rerun_trial(uri, args.name, args.trial, echo=lambda line: console.print(line, markup=False, soft_wrap=True))
+    for line in lines(rerun):
+        console.print(line, markup=False, soft_wrap=True)
+    return 0
 
 
 def _validated_registration(model, name: str | None, alias: str | None) -> None:

@@ -105,7 +105,7 @@ def load_sweep(uri: str, name: str) -> RecordedSweep:
     """The latest recorded run of sweep ``name`` (SpecError listing the sweeps found if none)."""
     import yaml
 
-    from tricksweep.tracking import PARENT_TAG, STATUS_TAG, TRIAL_TAG, ParentRun
+    from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
 
     parent = ParentRun.latest(uri, name)
     client = parent.client
@@ -128,6 +128,8 @@ def load_sweep(uri: str, name: str) -> RecordedSweep:
     wanted = {spec["metric"], "train_loss", "val_loss", "train_accuracy", "val_accuracy"}
     trials = []
     for run in runs:
+        if run.data.tags.get(SWEEP_TAG) == "rerun":
+            continue  # `tricksweep rerun`'s runs repeat a trial: not trials of the sweep
         history = {
             key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
             for key in run.data.metrics if key in wanted
