@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,106 +11,18 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, free_port
 from mlflow.tracking import MlflowClient
+from ray_heads import BIN, ray_head
 
 from tricksweep import jobs
 from tricksweep.cli import main
 from tricksweep.tracking import SWEEP_TAG
 
-BIN = Path(sys.executable).parent
-
 
 @pytest.fixture(scope="module")
 def head(short_tmp):
-    """A one-node cluster in its own process tree, stopped by PID at the end."""
-    temp = short_tmp("rayhead")
-    # Ray binds every port it can pick itself (0), so none can be taken between a pick and the bind:
-    # ports picked here by bind(("127.0.0.1", 0)) and bound seconds later went to other processes or
-    # were already held on the machine's address, and the head lost its client server, runtime-env
-    # agent or raylet after its dashboard had answered: `ray start --block` then stops everything and
-    # the tests met RemoteDisconnected / Connection refused. The Ray Client server can't pick its own
-    # port; free_port() gives one outside the ephemeral range. The defaults (6379, 8265, 52365, 44217,
-    # 44227, workers on 10002-19999) are what another local Ray on this machine holds.
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "AUTOSCALER_METRIC_PORT": "0",
-        "DASHBOARD_METRIC_PORT": "0",
-    }
-    log = (temp / "ray-start.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--port=0",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            "--dashboard-port=0",
-            "--dashboard-agent-listen-port=0",
-            f"--ray-client-server-port={free_port()}",
-            "--min-worker-port=0",
-            "--max-worker-port=0",
-            "--include-dashboard=true",
-            "--num-cpus=2",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        address = _wait_until_ready(proc, temp)
+    """A one-node cluster in its own process tree (tests/ray_heads.py), stopped by PID at the end."""
+    with ray_head(short_tmp("rayhead"), None, f"{BIN}{os.pathsep}{os.environ['PATH']}") as address:
         yield address
-        assert proc.poll() is None, f"the head died during the tests: {_head_logs(temp)}"
-    finally:
-        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-        log.close()
-
-
-def _wait_until_ready(proc: subprocess.Popen, temp: Path, timeout: float = 180) -> str:
-    """The dashboard's address, once the head has run a job: dashboard, job manager, dashboard
-    agent, runtime-env agent and a worker all up (a dashboard that answers may have no agent yet)."""
-    from ray._raylet import GcsClient
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + timeout
-    address = probe = last = None
-    while True:
-        assert proc.poll() is None, f"ray start --head exited ({proc.returncode}): {_head_logs(temp)}"
-        assert time.monotonic() < deadline, f"the head was not ready in {timeout:g} s ({last!r}): {_head_logs(temp)}"
-        status = None
-        try:
-            if address is None and (temp / "ray_current_cluster").exists():  # written once the head runs
-                gcs = GcsClient(address=(temp / "ray_current_cluster").read_text().strip())
-                url = gcs.internal_kv_get(b"webui:url", b"dashboard")  # the port the dashboard bound
-                address = f"http://{url.decode()}" if url else None
-            if address is not None:
-                client = JobSubmissionClient(address)
-                probe = probe or client.submit_job(entrypoint="python -c pass")  # 'No available agent' at first
-                status = str(client.get_job_status(probe))
-        except Exception as err:  # noqa: BLE001 - not up yet: retried until the deadline
-            last = err
-        if status in ("FAILED", "STOPPED"):
-            raise AssertionError(f"the head's probe job {status}: {client.get_job_logs(probe)[-2000:]}")
-        if status == "SUCCEEDED":
-            return address
-        time.sleep(1)
-
-
-def _head_logs(temp: Path) -> str:
-    """What `ray start` printed and which of its processes exited, for a failure message."""
-    text = (temp / "ray-start.log").read_text()[-3000:] if (temp / "ray-start.log").exists() else ""
-    exits = "".join(p.read_text()[-2000:] for p in temp.glob("session_*/logs/ray_process_exit.log"))
-    return f"{text}\n{exits}".strip() or "(no output)"
 
 
 def wait_for(address: str, job_id: str, timeout: float = 300) -> str:

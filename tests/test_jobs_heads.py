@@ -10,84 +10,16 @@ Clients run as their own processes, as on a laptop: Ray caches the auth mode and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
-
-BIN = Path(sys.executable).parent
-# A probe job run with the token: the dashboard's URL, once the head can run jobs.
-READY = """
-import sys, time
-from ray._raylet import GcsClient
-from ray.job_submission import JobSubmissionClient
-temp, deadline = sys.argv[1], time.monotonic() + 180
-address = probe = last = None
-while time.monotonic() < deadline:
-    try:
-        if address is None:
-            url = GcsClient(address=open(temp + "/ray_current_cluster").read().strip()).internal_kv_get(
-                b"webui:url", b"dashboard")
-            address = f"http://{url.decode()}" if url else None
-        if address is not None:
-            client = JobSubmissionClient(address)
-            probe = probe or client.submit_job(entrypoint="python -c pass")
-            if str(client.get_job_status(probe)) == "SUCCEEDED":
-                print(address)
-                sys.exit(0)
-    except Exception as err:
-        last = err
-    time.sleep(1)
-sys.exit(f"not ready: {last!r}")
-"""
-
-
-def client_env(token_path: Path | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
-    if token_path is None:
-        env["RAY_AUTH_MODE"] = "disabled"  # explicit: a ~/.ray/auth_token would otherwise turn it on for `ray start`
-    else:
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    return env
-
-
-@contextlib.contextmanager
-def ray_head(temp: Path, token: Path | None, path: str) -> Iterator[str]:
-    """A one-node cluster in its own process tree (`ray start` by its full path, with ``PATH`` =
-    ``path``), its dashboard URL once it has run a job; stopped by PID at the end."""
-    env = {**client_env(token), "PATH": path, "AUTOSCALER_METRIC_PORT": "0", "DASHBOARD_METRIC_PORT": "0"}
-    log = (temp / "ray-start.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", "--dashboard-port=0", "--dashboard-agent-listen-port=0",
-         f"--ray-client-server-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0",
-         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        while not (temp / "ray_current_cluster").exists():
-            assert proc.poll() is None, (temp / "ray-start.log").read_text()[-3000:]
-            time.sleep(1)
-        ready = subprocess.run([sys.executable, "-c", READY, str(temp)], env=client_env(token), capture_output=True,
-                               text=True, timeout=240)
-        assert ready.returncode == 0, ready.stderr[-3000:]
-        yield ready.stdout.strip()
-    finally:
-        proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-        log.close()
+from conftest import ROOT
+from ray_heads import BIN, client_env, ray_head
 
 
 @pytest.fixture(scope="module")
