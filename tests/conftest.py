@@ -25,6 +25,17 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, str(TESTS))
 
 
+# With `--dist loadfile` each worker takes whole files in collection order; the longest scenario files,
+# run last, left one worker idle while the other finished them. Longest first (the rest keep their order).
+LONGEST_FILES = ("test_benchmarks.py", "test_tracking_outage.py", "test_resume.py", "test_faults.py",
+                 "test_lifecycle.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A private 2-CPU Ray for the whole session; workers can import the test-only trainables."""
