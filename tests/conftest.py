@@ -105,6 +105,18 @@ def tracking_uri(tmp_path: Path, new_store) -> str:
 
 
 @pytest.fixture
+def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's folder as the current one: sweeps/ and search_spaces/ side by side, no tracking URI or
+    debug flag from the environment (errors show as a user sees them)."""
+    (tmp_path / "sweeps").mkdir()
+    shutil.copytree(ROOT / "search_spaces", tmp_path / "search_spaces")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TRICKSWEEP_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty folder, as a user does, so defaults (./mlflow.db, ./runs) land there."""
     monkeypatch.chdir(tmp_path)

@@ -4,7 +4,6 @@ bounded time and memory, found before Ray or MLflow start; a traceback only with
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -12,7 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import free_port
 
 from tricksweep import preflight
 from tricksweep.cli import main
@@ -28,20 +27,10 @@ budget: {trials: 2, max_epochs: 2}
 LONGEST_LINE = len("error: ") + ERROR_CHARS + 1
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "sweeps").mkdir()
-    shutil.copytree(ROOT / "search_spaces", tmp_path / "search_spaces")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("TRICKSWEEP_DEBUG", raising=False)
-    return tmp_path
-
-
-def rejected(project: Path, text: str | bytes, capsys, *expected: str, command: str = "validate",
+def rejected(user_folder: Path, text: str | bytes, capsys, *expected: str, command: str = "validate",
              args: tuple[str, ...] = ()) -> str:
     """The spec's one error line (exit 2, short, nothing recorded), checked for ``expected``."""
-    path = project / "sweeps" / "hostile.yaml"
+    path = user_folder / "sweeps" / "hostile.yaml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     code = main([command, str(path), *args])
     err = capsys.readouterr().err
@@ -51,7 +40,7 @@ def rejected(project: Path, text: str | bytes, capsys, *expected: str, command: 
     assert "Traceback" not in err
     for piece in expected:
         assert piece in err, f"{piece!r} not in {err!r}"
-    assert not (project / "mlflow.db").exists() and not (project / "runs").exists(), "something was recorded"
+    assert not (user_folder / "mlflow.db").exists() and not (user_folder / "runs").exists(), "something was recorded"
     return err
 
 
@@ -85,13 +74,13 @@ BOUNDED = {
 
 
 @pytest.mark.parametrize("case", BOUNDED)
-def test_values_in_errors_are_cut_to_a_readable_length(project: Path, capsys, case: str):
+def test_values_in_errors_are_cut_to_a_readable_length(user_folder: Path, capsys, case: str):
     text, expected = BOUNDED[case]
-    rejected(project, text, capsys, *expected)
+    rejected(user_folder, text, capsys, *expected)
 
 
-def test_a_long_name_says_how_long_it_was(project: Path, capsys):
-    err = rejected(project, BASE.replace("name: hostile", "name: " + "n" * 5000), capsys, "name = 'nnn")
+def test_a_long_name_says_how_long_it_was(user_folder: Path, capsys):
+    err = rejected(user_folder, BASE.replace("name: hostile", "name: " + "n" * 5000), capsys, "name = 'nnn")
     assert "(5,000 characters)" in err and f"at most {MAX_NAME_LENGTH}" in err
 
 
@@ -107,14 +96,14 @@ def billion_laughs(levels: int = 9) -> str:
 
 
 @pytest.mark.parametrize("where", ["top level", "under space"])
-def test_alias_expansion_is_rejected_in_bounded_time_and_memory(project: Path, capsys, where: str):
+def test_alias_expansion_is_rejected_in_bounded_time_and_memory(user_folder: Path, capsys, where: str):
     bomb = billion_laughs()
     assert len(bomb) < 600
     text = bomb if where == "top level" else BASE + "space:\n" + "".join(f"  {line}\n" for line in bomb.splitlines())
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        rejected(project, text, capsys, f"more than {MAX_YAML_NODES:,} values", "aliases")
+        rejected(user_folder, text, capsys, f"more than {MAX_YAML_NODES:,} values", "aliases")
     finally:
         elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
@@ -123,36 +112,36 @@ def test_alias_expansion_is_rejected_in_bounded_time_and_memory(project: Path, c
     assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MiB"
 
 
-def test_aliases_within_the_limit_still_work(project: Path):
+def test_aliases_within_the_limit_still_work(user_folder: Path):
     text = BASE.replace("{trials: 2, max_epochs: 2}", "{trials: &n 3, max_epochs: *n}")
-    (project / "sweeps" / "anchors.yaml").write_text(text + "space: {optimizer: &adam {name: adam, lr: 0.01}}\n"
+    (user_folder / "sweeps" / "anchors.yaml").write_text(text + "space: {optimizer: &adam {name: adam, lr: 0.01}}\n"
                                                      "claims: [{claim: c, param: seed, treatment: [*n], control: [1],"
                                                      " expect: higher}]\n")
-    spec = load_spec(project / "sweeps" / "anchors.yaml").spec
+    spec = load_spec(user_folder / "sweeps" / "anchors.yaml").spec
     assert (spec.budget.trials, spec.budget.max_epochs, spec.claims[0].treatment) == (3, 3, [3])
 
 
-def test_an_alias_inside_its_own_anchor_is_rejected(project: Path, capsys):
-    rejected(project, BASE + "space: {loop: &a [1, *a]}\n", capsys, "an alias refers to a value containing it")
+def test_an_alias_inside_its_own_anchor_is_rejected(user_folder: Path, capsys):
+    rejected(user_folder, BASE + "space: {loop: &a [1, *a]}\n", capsys, "an alias refers to a value containing it")
 
 
 @pytest.mark.parametrize("levels", [MAX_YAML_DEPTH + 5, 20_000])
-def test_deep_nesting_is_rejected(project: Path, capsys, levels: int):
-    rejected(project, BASE + "space: {deep: " + "[" * levels + "]" * levels + "}\n", capsys,
+def test_deep_nesting_is_rejected(user_folder: Path, capsys, levels: int):
+    rejected(user_folder, BASE + "space: {deep: " + "[" * levels + "]" * levels + "}\n", capsys,
              f"deeper than {MAX_YAML_DEPTH} levels")
 
 
-def test_a_file_past_the_size_limit_is_rejected_unread(project: Path, capsys):
+def test_a_file_past_the_size_limit_is_rejected_unread(user_folder: Path, capsys):
     padding = ("# " + "-" * 98 + "\n") * (MAX_YAML_BYTES // 100 + 1)
-    rejected(project, BASE + padding, capsys, f"larger than {MAX_YAML_BYTES:,} bytes", "the limit")
+    rejected(user_folder, BASE + padding, capsys, f"larger than {MAX_YAML_BYTES:,} bytes", "the limit")
 
 
-def test_bytes_that_are_not_text_are_rejected(project: Path, capsys):
-    rejected(project, BASE.encode() + b"description: \xff\xfe\n", capsys, "not UTF-8 text")
+def test_bytes_that_are_not_text_are_rejected(user_folder: Path, capsys):
+    rejected(user_folder, BASE.encode() + b"description: \xff\xfe\n", capsys, "not UTF-8 text")
 
 
-def test_an_integer_too_long_to_convert_is_rejected(project: Path, capsys):
-    rejected(project, BASE + "seed: " + "9" * 5000 + "\n", capsys, "invalid YAML")
+def test_an_integer_too_long_to_convert_is_rejected(user_folder: Path, capsys):
+    rejected(user_folder, BASE + "seed: " + "9" * 5000 + "\n", capsys, "invalid YAML")
 
 
 # -- 3. numbers mean what they say ------------------------------------------------------------
@@ -191,40 +180,40 @@ NUMBERS = {
 
 
 @pytest.mark.parametrize("case", NUMBERS)
-def test_numbers_are_finite_and_not_booleans(project: Path, capsys, case: str):
+def test_numbers_are_finite_and_not_booleans(user_folder: Path, capsys, case: str):
     text, expected = NUMBERS[case]
-    rejected(project, text, capsys, *expected)
+    rejected(user_folder, text, capsys, *expected)
 
 
-def test_booleans_stay_valid_where_a_boolean_is_asked(project: Path):
-    (project / "sweeps" / "flags.yaml").write_text(BASE + "space: {batch_norm: {choice: [true, false]}}\n")
-    assert load_spec(project / "sweeps" / "flags.yaml").space["batch_norm"].options[0].value is True
+def test_booleans_stay_valid_where_a_boolean_is_asked(user_folder: Path):
+    (user_folder / "sweeps" / "flags.yaml").write_text(BASE + "space: {batch_norm: {choice: [true, false]}}\n")
+    assert load_spec(user_folder / "sweeps" / "flags.yaml").space["batch_norm"].options[0].value is True
 
 
 # -- 4. names fit where they go ---------------------------------------------------------------
 
 
-def test_the_longest_name_fits_a_run_folder_and_one_more_character_is_rejected(project: Path, capsys):
+def test_the_longest_name_fits_a_run_folder_and_one_more_character_is_rejected(user_folder: Path, capsys):
     longest = "n" * MAX_NAME_LENGTH
-    (project / "sweeps" / "long.yaml").write_text(BASE.replace("name: hostile", f"name: {longest}"))
-    assert load_spec(project / "sweeps" / "long.yaml").spec.name == longest
-    (project / f"{longest}-20261201-120000").mkdir()  # Tune's folder for it: exactly NAME_MAX
+    (user_folder / "sweeps" / "long.yaml").write_text(BASE.replace("name: hostile", f"name: {longest}"))
+    assert load_spec(user_folder / "sweeps" / "long.yaml").spec.name == longest
+    (user_folder / f"{longest}-20261201-120000").mkdir()  # Tune's folder for it: exactly NAME_MAX
     with pytest.raises(OSError):  # and this filesystem holds no longer one
-        (project / ("n" * (NAME_MAX + 1))).mkdir()
-    err = rejected(project, BASE.replace("name: hostile", f"name: {longest}n"), capsys,
+        (user_folder / ("n" * (NAME_MAX + 1))).mkdir()
+    err = rejected(user_folder, BASE.replace("name: hostile", f"name: {longest}n"), capsys,
                    f"{MAX_NAME_LENGTH + 1} characters, at most {MAX_NAME_LENGTH}", f"({NAME_MAX} bytes)")
     assert "YYYYmmdd-HHMMSS" in err
 
 
-def test_an_experiment_name_must_fit_a_report_folder(project: Path, capsys):
-    rejected(project, BASE + f"tracking: {{experiment: {'e' * (NAME_MAX + 1)}}}\n", capsys,
+def test_an_experiment_name_must_fit_a_report_folder(user_folder: Path, capsys):
+    rejected(user_folder, BASE + f"tracking: {{experiment: {'e' * (NAME_MAX + 1)}}}\n", capsys,
              "tracking.experiment", f"at most {NAME_MAX} characters")
 
 
 # -- 5. what the driver can check, before Ray starts ------------------------------------------
 
 
-def run_rejected(project: Path, capsys, spec: str, *expected: str, args: tuple[str, ...] = ()) -> str:
+def run_rejected(user_folder: Path, capsys, spec: str, *expected: str, args: tuple[str, ...] = ()) -> str:
     from unittest import mock
 
     from tricksweep import runner
@@ -232,44 +221,44 @@ def run_rejected(project: Path, capsys, spec: str, *expected: str, args: tuple[s
     # Ray may already run in this process (the session's Ray, started by an earlier test): what
     # matters is that this run never got as far as starting or joining one.
     with mock.patch.object(runner, "ensure_ray", side_effect=AssertionError("the run started Ray")):
-        return rejected(project, spec, capsys, *expected, command="run", args=args)
+        return rejected(user_folder, spec, capsys, *expected, command="run", args=args)
 
 
-def test_storage_that_is_a_file(project: Path, capsys):
-    (project / "taken").write_text("")
-    run_rejected(project, capsys, BASE + "storage: taken\n", "storage = ", "taken'", "a file, not a folder")
-    run_rejected(project, capsys, BASE, "storage = ", "taken/sub", "is a file, not a folder",
+def test_storage_that_is_a_file(user_folder: Path, capsys):
+    (user_folder / "taken").write_text("")
+    run_rejected(user_folder, capsys, BASE + "storage: taken\n", "storage = ", "taken'", "a file, not a folder")
+    run_rejected(user_folder, capsys, BASE, "storage = ", "taken/sub", "is a file, not a folder",
                  args=("--storage", "taken/sub"))
 
 
-def test_storage_that_cannot_be_written(project: Path, capsys):
-    run_rejected(project, capsys, BASE + "storage: /sys/tricksweep-runs\n", "storage = '/sys/tricksweep-runs'",
+def test_storage_that_cannot_be_written(user_folder: Path, capsys):
+    run_rejected(user_folder, capsys, BASE + "storage: /sys/tricksweep-runs\n", "storage = '/sys/tricksweep-runs'",
                  "'/sys' is not writable")
 
 
-def test_storage_on_a_filesystem_pyarrow_does_not_know(project: Path, capsys):
-    run_rejected(project, capsys, BASE + "storage: ftp://example.com/runs\n",
+def test_storage_on_a_filesystem_pyarrow_does_not_know(user_folder: Path, capsys):
+    run_rejected(user_folder, capsys, BASE + "storage: ftp://example.com/runs\n",
                  "storage = 'ftp://example.com/runs'", "pyarrow cannot open 'ftp://'")
 
 
-def test_tracking_uri_with_a_scheme_mlflow_cannot_open(project: Path, capsys):
-    run_rejected(project, capsys, BASE + "tracking: {uri: 'ftp://example.com/mlflow'}\n",
+def test_tracking_uri_with_a_scheme_mlflow_cannot_open(user_folder: Path, capsys):
+    run_rejected(user_folder, capsys, BASE + "tracking: {uri: 'ftp://example.com/mlflow'}\n",
                  "tracking URI 'ftp://example.com/mlflow'", "no tracking store for 'ftp://'", "sqlite://")
 
 
-def test_tracking_server_that_refuses(project: Path, capsys):
+def test_tracking_server_that_refuses(user_folder: Path, capsys):
     port = free_port()
-    run_rejected(project, capsys, BASE, f"tracking URI 'http://127.0.0.1:{port}'", "no server answers",
+    run_rejected(user_folder, capsys, BASE, f"tracking URI 'http://127.0.0.1:{port}'", "no server answers",
                  args=("--tracking-uri", f"http://127.0.0.1:{port}"))
 
 
-def test_tracking_server_that_never_answers_is_given_up_in_seconds(project: Path, capsys):
+def test_tracking_server_that_never_answers_is_given_up_in_seconds(user_folder: Path, capsys):
     with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         port = silent.getsockname()[1]
         started = time.monotonic()
-        run_rejected(project, capsys, BASE, f"http://127.0.0.1:{port}", "within 3 s",
+        run_rejected(user_folder, capsys, BASE, f"http://127.0.0.1:{port}", "within 3 s",
                      args=("--tracking-uri", f"http://127.0.0.1:{port}"))
         assert time.monotonic() - started < preflight.SERVER_TIMEOUT_S + 3
 
@@ -295,32 +284,32 @@ def test_tracking_server_that_answers_passes(tmp_path: Path):
         server.server_close()
 
 
-def test_dataset_files_missing_with_download_false(project: Path, capsys):
-    (project / "empty").mkdir()
-    err = run_rejected(project, capsys, BASE + "dataset: {name: mnist, root: empty, download: false}\n",
+def test_dataset_files_missing_with_download_false(user_folder: Path, capsys):
+    (user_folder / "empty").mkdir()
+    err = run_rejected(user_folder, capsys, BASE + "dataset: {name: mnist, root: empty, download: false}\n",
                        "dataset: mnist: files missing under", "train-images-idx3-ubyte", "(download: false)")
-    assert str(project / "empty") in err
+    assert str(user_folder / "empty") in err
 
 
-def test_a_dataset_root_the_driver_cannot_see_is_left_to_the_workers(project: Path):
+def test_a_dataset_root_the_driver_cannot_see_is_left_to_the_workers(user_folder: Path):
     spec = BASE + "dataset: {name: mnist, root: /nowhere/on/this/driver, download: false}\n"
-    (project / "sweeps" / "cluster.yaml").write_text(spec)
-    preflight.check_dataset(load_spec(project / "sweeps" / "cluster.yaml"))
+    (user_folder / "sweeps" / "cluster.yaml").write_text(spec)
+    preflight.check_dataset(load_spec(user_folder / "sweeps" / "cluster.yaml"))
 
 
-def test_a_weights_file_that_does_not_exist(project: Path, capsys):
+def test_a_weights_file_that_does_not_exist(user_folder: Path, capsys):
     spec = BASE + "space: {init: {name: pretrained, source: weights/missing.pt}}\n"
-    (project / "weights").mkdir()
-    run_rejected(project, capsys, spec, "space.init.source = 'weights/missing.pt'", "no such weights file")
-    (project / "weights" / "folder.pt").mkdir()
-    run_rejected(project, capsys, spec.replace("missing.pt", "folder.pt"), "a folder; name the weights file")
+    (user_folder / "weights").mkdir()
+    run_rejected(user_folder, capsys, spec, "space.init.source = 'weights/missing.pt'", "no such weights file")
+    (user_folder / "weights" / "folder.pt").mkdir()
+    run_rejected(user_folder, capsys, spec.replace("missing.pt", "folder.pt"), "a folder; name the weights file")
 
 
 # -- 9. no traceback for a user's mistake, unless asked ---------------------------------------
 
 
-def test_debug_shows_the_traceback_behind_the_line(project: Path, capsys, monkeypatch: pytest.MonkeyPatch):
-    path = project / "sweeps" / "hostile.yaml"
+def test_debug_shows_the_traceback_behind_the_line(user_folder: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    path = user_folder / "sweeps" / "hostile.yaml"
     path.write_text(BASE.replace("trials: 2", "trials: true"))
     for argv in (["--debug", "validate", str(path)], ["validate", str(path), "--debug"]):
         assert main(argv) == 2
@@ -332,18 +321,20 @@ def test_debug_shows_the_traceback_behind_the_line(project: Path, capsys, monkey
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_an_unexpected_error_is_one_line_and_debug_raises_it(project: Path, capsys, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("PATH", str(project))  # no `mlflow` executable for `tricksweep ui` to start
-    assert main(["ui", "--tracking-uri", str(project / "store")]) == 1
+def test_an_unexpected_error_is_one_line_and_debug_raises_it(
+    user_folder: Path, capsys, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PATH", str(user_folder))  # no `mlflow` executable for `tricksweep ui` to start
+    assert main(["ui", "--tracking-uri", str(user_folder / "store")]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("error: FileNotFoundError: ") and "--debug" in err and "TRICKSWEEP_DEBUG=1" in err
     with pytest.raises(FileNotFoundError):
-        main(["ui", "--tracking-uri", str(project / "store"), "--debug"])
+        main(["ui", "--tracking-uri", str(user_folder / "store"), "--debug"])
     assert not os.environ.get("TRICKSWEEP_DEBUG")
 
 
 @pytest.mark.parametrize("command", ["report", "resume"])
-def test_report_and_resume_check_the_tracking_uri_first(project: Path, capsys, command: str):
+def test_report_and_resume_check_the_tracking_uri_first(user_folder: Path, capsys, command: str):
     assert main([command, "quickstart", "--tracking-uri", "ftp://example.com/mlflow"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no tracking store for 'ftp://'" in err, err

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
 from tricksweep.cli import main
 
@@ -20,18 +18,8 @@ budget: {trials: 2, max_epochs: 3}
 """
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A user's folder: sweeps/ and search_spaces/ side by side; runs happen from its root."""
-    (tmp_path / "sweeps").mkdir()
-    shutil.copytree(ROOT / "search_spaces", tmp_path / "search_spaces")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
-def check(project: Path, text: str, capsys, *expected: str, command: str = "validate") -> str:
-    path = project / "sweeps" / "bad.yaml"
+def check(user_folder: Path, text: str, capsys, *expected: str, command: str = "validate") -> str:
+    path = user_folder / "sweeps" / "bad.yaml"
     path.write_text(text)
     code = main([command, str(path)])
     err = capsys.readouterr().err
@@ -97,33 +85,34 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_spec_is_one_line_with_exit_2(project, capsys, case):
+def test_bad_spec_is_one_line_with_exit_2(user_folder, capsys, case):
     text, expected = CASES[case]
-    check(project, text, capsys, *expected)
+    check(user_folder, text, capsys, *expected)
 
 
-def test_empty_file(project, capsys):
-    check(project, "", capsys, "bad.yaml", "empty")
+def test_empty_file(user_folder, capsys):
+    check(user_folder, "", capsys, "bad.yaml", "empty")
 
 
-def test_invalid_yaml_names_the_line(project, capsys):
-    check(project, BASE + "space:\n  dropout: [0.1\n  batch_norm: true\n", capsys, "invalid YAML", "line 7")
+def test_invalid_yaml_names_the_line(user_folder, capsys):
+    check(user_folder, BASE + "space:\n  dropout: [0.1\n  batch_norm: true\n", capsys, "invalid YAML", "line 7")
 
 
-def test_key_defined_twice_in_one_file(project, capsys):
+def test_key_defined_twice_in_one_file(user_folder, capsys):
     check(
-        project, BASE + "space: {dropout: 0.1}\nspace: {dropout: 0.2}\n", capsys, "key 'space' defined twice", "line 6"
+        user_folder, BASE + "space: {dropout: 0.1}\nspace: {dropout: 0.2}\n", capsys, "key 'space' defined twice",
+        "line 6",
     )
 
 
-def test_not_a_mapping(project, capsys):
-    check(project, "- just\n- a list\n", capsys, "must be a YAML mapping")
+def test_not_a_mapping(user_folder, capsys):
+    check(user_folder, "- just\n- a list\n", capsys, "must be a YAML mapping")
 
 
-def test_fragment_key_defined_twice(project, capsys):
-    (project / "search_spaces" / "more_dropout.yaml").write_text("dropout: {choice: [0.1, 0.3]}\n")
+def test_fragment_key_defined_twice(user_folder, capsys):
+    (user_folder / "search_spaces" / "more_dropout.yaml").write_text("dropout: {choice: [0.1, 0.3]}\n")
     check(
-        project,
+        user_folder,
         BASE + "include: [regularization, more_dropout]\n",
         capsys,
         "'dropout'",
@@ -131,28 +120,28 @@ def test_fragment_key_defined_twice(project, capsys):
     )
 
 
-def test_override_of_a_fragment_parameter_is_allowed(project, capsys):
-    path = project / "sweeps" / "ok.yaml"
+def test_override_of_a_fragment_parameter_is_allowed(user_folder, capsys):
+    path = user_folder / "sweeps" / "ok.yaml"
     path.write_text(BASE + "include: [regularization]\nspace: {dropout: 0.25, early_stopping: {patience: 2}}\n")
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "dropout: 0.25" in out and "patience: 2" in out and "min_delta: 0.001" in out
 
 
-def test_missing_file(project, capsys):
-    assert main(["validate", str(project / "sweeps" / "nope.yaml")]) == 2
+def test_missing_file(user_folder, capsys):
+    assert main(["validate", str(user_folder / "sweeps" / "nope.yaml")]) == 2
     assert "no such sweep spec file" in capsys.readouterr().err
 
 
-def test_failed_validation_writes_nothing(project, capsys):
-    check(project, BASE + "space: {optimizer: {name: adam, momentum: 0.9}}\n", capsys, "momentum", command="run")
-    assert not (project / "mlflow.db").exists()
-    assert not (project / "runs").exists()
-    assert not (project / "mlruns").exists()
+def test_failed_validation_writes_nothing(user_folder, capsys):
+    check(user_folder, BASE + "space: {optimizer: {name: adam, momentum: 0.9}}\n", capsys, "momentum", command="run")
+    assert not (user_folder / "mlflow.db").exists()
+    assert not (user_folder / "runs").exists()
+    assert not (user_folder / "mlruns").exists()
 
 
-def test_console_script_exit_code_and_no_traceback(project):
-    path = project / "sweeps" / "bad.yaml"
+def test_console_script_exit_code_and_no_traceback(user_folder):
+    path = user_folder / "sweeps" / "bad.yaml"
     path.write_text(BASE + "budget: {trials: 0, max_epochs: 3}\n")
     tricksweep = Path(sys.executable).with_name("tricksweep")
     done = subprocess.run([str(tricksweep), "validate", str(path)], capture_output=True, text=True, timeout=120)
