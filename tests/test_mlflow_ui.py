@@ -9,6 +9,7 @@ skip: `.ci/run` installs both. Screenshots land in test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, free_port, write_spec
@@ -35,6 +38,23 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SHOTS = ROOT / "test-artifacts"
+
+
+@contextlib.contextmanager
+def browser_page(sync_playwright: Any) -> Iterator[Any]:
+    """A page of headless chromium at 1500x1000; on a failure, a screenshot of it in test-artifacts/."""
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        except Exception:
+            page.screenshot(path=str(SHOTS / "mlflow_ui_failure.png"))
+            raise
+        finally:
+            browser.close()
 SWEEP = """\
 name: ui_sweep
 metric: val_accuracy
@@ -119,59 +139,49 @@ def server(ray_local, tmp_path_factory):
 
 def test_sweep_in_the_mlflow_ui(server):
     base, outcome, report, sync_playwright = server
-    SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.set_default_timeout(60_000)
-        try:
-            page.goto(f"{base}/#/experiments")
-            # MLflow 3 opens in its GenAI view; sweeps are training runs.
-            page.get_by_text("Model training", exact=True).click()
-            page.get_by_role("link", name="ui_sweep", exact=True).click()
+    with browser_page(sync_playwright) as page:
+        page.goto(f"{base}/#/experiments")
+        # MLflow 3 opens in its GenAI view; sweeps are training runs.
+        page.get_by_text("Model training", exact=True).click()
+        page.get_by_role("link", name="ui_sweep", exact=True).click()
 
-            # The parent run expands to its nested child runs, one per trial.
-            parent_name = _parent_run_name(outcome)
-            parent = page.get_by_role("link", name=parent_name, exact=True)
-            parent.wait_for()
-            page.locator("[role=gridcell]", has=parent).locator(
-                "button[data-component-id*='runnamecellrenderer']"
-            ).click()
-            children = page.get_by_role("link", name="trial-")
-            children.first.wait_for()
-            assert children.count() == len(outcome.trials) == 6
-            page.screenshot(path=str(SHOTS / "mlflow_ui_runs.png"))
+        # The parent run expands to its nested child runs, one per trial.
+        parent_name = _parent_run_name(outcome)
+        parent = page.get_by_role("link", name=parent_name, exact=True)
+        parent.wait_for()
+        page.locator("[role=gridcell]", has=parent).locator(
+            "button[data-component-id*='runnamecellrenderer']"
+        ).click()
+        children = page.get_by_role("link", name="trial-")
+        children.first.wait_for()
+        assert children.count() == len(outcome.trials) == 6
+        page.screenshot(path=str(SHOTS / "mlflow_ui_runs.png"))
 
-            # A child run charts its metrics with step = epoch.
-            children.first.click()
-            page.get_by_role("tab", name="Model metrics").click()
-            page.get_by_text("Step", exact=True).first.wait_for()  # an x axis drawn: the charts loaded
-            body = page.inner_text("main")
-            for metric in ("val_accuracy", "train_loss", "val_loss"):
-                assert metric in body, metric
-            assert page.get_by_text("Step", exact=True).count() >= 3  # every chart is by step, the epoch
-            page.screenshot(path=str(SHOTS / "mlflow_ui_child_metrics.png"))
+        # A child run charts its metrics with step = epoch.
+        children.first.click()
+        page.get_by_role("tab", name="Model metrics").click()
+        page.get_by_text("Step", exact=True).first.wait_for()  # an x axis drawn: the charts loaded
+        body = page.inner_text("main")
+        for metric in ("val_accuracy", "train_loss", "val_loss"):
+            assert metric in body, metric
+        assert page.get_by_text("Step", exact=True).count() >= 3  # every chart is by step, the epoch
+        page.screenshot(path=str(SHOTS / "mlflow_ui_child_metrics.png"))
 
-            # The parent's artifacts hold the report page and its plots.
-            page.go_back()
-            page.go_back()
-            page.get_by_role("link", name=parent_name, exact=True).click()
-            page.get_by_role("tab", name="Artifacts").click()
-            page.get_by_text("report", exact=True).first.click()
-            page.get_by_text("report.html", exact=True).wait_for()
-            for name in ("leaderboard.csv", "effects.csv", "plots"):
-                assert page.get_by_text(name, exact=True).count() >= 1, name
-            page.get_by_text("plots", exact=True).first.click()
-            for name in report.plots:  # 3 configurations: too few for effect bars, so not all four
-                page.get_by_text(f"{name}.png", exact=True).wait_for()
-            page.get_by_text("report.html", exact=True).click()
-            page.wait_for_timeout(2000)
-            page.screenshot(path=str(SHOTS / "mlflow_ui_parent_artifacts.png"))
-        except Exception:
-            page.screenshot(path=str(SHOTS / "mlflow_ui_failure.png"))
-            raise
-        finally:
-            browser.close()
+        # The parent's artifacts hold the report page and its plots.
+        page.go_back()
+        page.go_back()
+        page.get_by_role("link", name=parent_name, exact=True).click()
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("report", exact=True).first.click()
+        page.get_by_text("report.html", exact=True).wait_for()
+        for name in ("leaderboard.csv", "effects.csv", "plots"):
+            assert page.get_by_text(name, exact=True).count() >= 1, name
+        page.get_by_text("plots", exact=True).first.click()
+        for name in report.plots:  # 3 configurations: too few for effect bars, so not all four
+            page.get_by_text(f"{name}.png", exact=True).wait_for()
+        page.get_by_text("report.html", exact=True).click()
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(SHOTS / "mlflow_ui_parent_artifacts.png"))
 
 
 def test_the_printed_link_opens_the_sorted_training_runs_and_the_model(server):
@@ -184,37 +194,27 @@ def test_the_printed_link_opens_the_sorted_training_runs_and_the_model(server):
     client = MlflowClient(outcome.tracking_uri)
     assert client.get_experiment(outcome.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert str(client.get_model_version_by_alias("ui_sweep", "best").run_id) == outcome.parent_run_id
-    SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.set_default_timeout(60_000)
-        try:
-            page.goto(outcome.ui_url.replace("http://127.0.0.1:5000", base))
-            page.get_by_text("Sort: val_accuracy", exact=True).wait_for()
-            # The model-training view's sidebar (GenAI's has Traces, Judges, Prompts... instead).
-            page.get_by_role("link", name="Model registry").wait_for()
-            page.get_by_role("link", name=_parent_run_name(outcome), exact=True).wait_for()
-            page.screenshot(path=str(SHOTS / "mlflow_ui_sorted_runs.png"))
+    with browser_page(sync_playwright) as page:
+        page.goto(outcome.ui_url.replace("http://127.0.0.1:5000", base))
+        page.get_by_text("Sort: val_accuracy", exact=True).wait_for()
+        # The model-training view's sidebar (GenAI's has Traces, Judges, Prompts... instead).
+        page.get_by_role("link", name="Model registry").wait_for()
+        page.get_by_role("link", name=_parent_run_name(outcome), exact=True).wait_for()
+        page.screenshot(path=str(SHOTS / "mlflow_ui_sorted_runs.png"))
 
-            page.get_by_role("link", name=_parent_run_name(outcome), exact=True).click()
-            page.get_by_text("Registered models", exact=True).first.wait_for()
-            # The version's link (the experiment's breadcrumb has the same name, ui_sweep).
-            version_link = page.locator("a[href*='/models/ui_sweep/versions/1']").first
-            version_link.wait_for()
-            page.screenshot(path=str(SHOTS / "mlflow_ui_parent_registered_model.png"))
-            version_link.click()
-            page.wait_for_url("**/models/ui_sweep/versions/1**")
-            page.get_by_text("Aliases", exact=False).first.wait_for()
-            page.wait_for_timeout(1000)
-            text = page.inner_text("main")
-            assert "best" in text.split(), text[:1500]  # the alias, on the version's page
-            page.screenshot(path=str(SHOTS / "mlflow_ui_model_version.png"))
-        except Exception:
-            page.screenshot(path=str(SHOTS / "mlflow_ui_failure.png"))
-            raise
-        finally:
-            browser.close()
+        page.get_by_role("link", name=_parent_run_name(outcome), exact=True).click()
+        page.get_by_text("Registered models", exact=True).first.wait_for()
+        # The version's link (the experiment's breadcrumb has the same name, ui_sweep).
+        version_link = page.locator("a[href*='/models/ui_sweep/versions/1']").first
+        version_link.wait_for()
+        page.screenshot(path=str(SHOTS / "mlflow_ui_parent_registered_model.png"))
+        version_link.click()
+        page.wait_for_url("**/models/ui_sweep/versions/1**")
+        page.get_by_text("Aliases", exact=False).first.wait_for()
+        page.wait_for_timeout(1000)
+        text = page.inner_text("main")
+        assert "best" in text.split(), text[:1500]  # the alias, on the version's page
+        page.screenshot(path=str(SHOTS / "mlflow_ui_model_version.png"))
 
 
 def _parent_run_name(outcome) -> str:
