@@ -90,6 +90,22 @@ def test_widened_range_never_repeats_a_configuration(store, capsys):
     assert tags[LINEAGE_TAG] == before.parent_run_id
     assert lineage.lineage == [before.parent_run_id, parent.run_id]
 
+    # The report over the lineage names each trial's run.
+    assert main(["report", RANDOM, "--lineage", "--no-plots", "--tracking-uri", uri, "--out", str(folder / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"{RANDOM} (lineage of 2 runs): top 6 of 6 trials" in out and "g1/trial-" in out and "g0/trial-" in out
+
+
+def test_a_longer_budget_tells_tpe_the_earlier_trials_as_pruned(store):
+    """With --max-epochs 3, trials that ran their whole 1-epoch budget fell short of the new one:
+    TPE is told them as pruned at epoch 1 (ranked below any trial that runs 3), not as complete."""
+    recorded = load_sweep(store["uri"], TPE)
+    plan = plan_extension(store["uri"], TPE, trials=1, max_epochs=3)
+    assert plan.loaded.spec.budget.max_epochs == 3
+    values = {f"g0/{t.name}": t.best("val_accuracy", "max")[0] for t in recorded.trials}
+    assert {p.source: (p.state, p.curve) for p in plan.history.priors} == {
+        name: ("PRUNED", {1: value}) for name, value in values.items()}
+
 
 def test_tpe_is_told_the_earlier_trials_before_its_first_suggestion(store):
     """The searcher an extend builds: its Optuna study holds the 3 earlier trials, as complete

@@ -26,6 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from tricksweep import leaderboard
+from tricksweep import space as dsl
 from tricksweep.errors import SpecError, clip
 from tricksweep.records import EXTENDS_TAG, LINEAGE_TAG, RecordedSweep, TrialRecord, lineage_of, load_sweep
 from tricksweep.searchers import SEED_RANGE, History, Prior, config_key, prior
@@ -57,10 +58,12 @@ def extend_sweep(name: str, spec: str | Path | None = None, *, trials: int | Non
 
     uri = resolve_tracking_uri(tracking_uri, None)
     plan = plan_extension(uri, name, spec, trials=trials, max_epochs=max_epochs)
-    told = sum(1 for p in plan.history.priors if p.state != "FAIL")
-    echo(f"extending sweep {name} (parent run {plan.tags[EXTENDS_TAG]}, lineage of "
-         f"{len(plan.tags[LINEAGE_TAG].split(','))} run(s)): {len(plan.history.ran)} configurations already run "
-         f"are not repeated; {told} with a result go to the searcher ({plan.loaded.spec.searcher})")
+    runs = len(plan.tags[LINEAGE_TAG].split(","))
+    searcher = plan.loaded.spec.searcher
+    told = (f"; TPE is told the {len(plan.history.priors)} that lie in the space" if searcher == "optuna_tpe"
+            else f"; {searcher} draws from seed {plan.history.sampler_seed}")
+    echo(f"extending sweep {name} (parent run {plan.tags[EXTENDS_TAG]}, a lineage of {runs} run{'s' * (runs > 1)}): "
+         f"the {len(plan.history.ran)} configurations it ran are not repeated{told}")
     for line in plan.changes:
         echo(f"  changed: {line}")
     return run_sweep(plan.loaded, tracking_uri=uri, address=address, storage=storage or plan.storage, echo=echo,
@@ -158,12 +161,31 @@ def priors(trials: list[TrialRecord], mode: str, max_epochs: int, metric: str) -
 
 
 def changes(old: dict[str, Any], loaded: LoadedSpec) -> list[str]:
-    """The spec's settings and space entries that differ from the run extended: ``key: old -> new``."""
-    before = spec_params({k: v for k, v in old.items() if k != "space"}, old.get("space") or {})
-    after = spec_params(loaded.spec.model_dump(mode="json"), loaded.raw_space)
+    """The settings and space entries that differ from the run extended: ``key: old -> new``, the
+    space leaf by leaf (``space.optimizer[adam].lr: loguniform [0.0001, 0.01] -> ...``)."""
+    before = {k: v for k, v in spec_params({k: v for k, v in old.items() if k != "space"}, {}).items()
+              if not k.startswith("space.")}
+    after = {k: v for k, v in spec_params(loaded.spec.model_dump(mode="json"), {}).items()
+             if not k.startswith("space.")}
+    before.update(_leaves(dsl.parse(old.get("space") or {}), "space"))
+    after.update(_leaves(loaded.space, "space"))
     keys = sorted(k for k in before.keys() | after.keys()
                   if str(before.get(k)) != str(after.get(k)) and k != "description")
     return [clip(f"{k}: {before.get(k, '(none)')} -> {after.get(k, '(none)')}", 300) for k in keys]
+
+
+def _leaves(node: dsl.Node, path: str) -> dict[str, str]:
+    """A parsed space as ``path: DSL text`` per leaf; a choice between blocks as its options, then
+    each block under ``path[option]``."""
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{path}.{key}").items()}
+    if isinstance(node, dsl.Choice) and any(isinstance(o, dict) for o in node.options):
+        labels = dsl.option_labels(node)
+        out = {path: f"{'grid' if node.grid else 'choice'} of {', '.join(map(str, labels))}"}
+        for label, option in zip(labels, node.options, strict=True):
+            out.update(_leaves(option, f"{path}[{label}]"))
+        return out
+    return {path: dsl.leaf_text(node)}
 
 
 def best_lines(sweep: RecordedSweep) -> list[str]:
