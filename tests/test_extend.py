@@ -177,3 +177,40 @@ def test_unknown_or_running_sweep_is_one_line(store, capsys):
         parent.client.update_run(parent.run_id, status="FINISHED")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is still RUNNING; extend continues a completed sweep" in err, err
+
+
+def handed_out(searcher: str, trials: int, ran: set[tuple]) -> tuple[list[tuple], int]:
+    """The trials an extend's variant generator hands out over a 6-point space (width 4..6 x
+    dropout 0, 0.2), without running them; and how many draws it dropped as already run."""
+    from ray.tune.experiment import Experiment
+
+    from tricksweep.searchers import History
+    from tricksweep.spec import load_spec
+
+    loaded = load_spec({**spec("grow-points", searcher, {"int": [4, 6]}, trials), "registry": False})
+    search_alg, num_samples, param_space = search.build(loaded.space, loaded.spec, History(set(ran), [], 7))
+    search_alg.add_configurations([Experiment("points", lambda config: None, config=param_space,
+                                              num_samples=num_samples)])
+    out = []
+    while (trial := search_alg.next_trial()) is not None:
+        out.append(config_key(trial.config))
+    return out, search_alg.skipped
+
+
+def point(width: int, dropout: float) -> tuple:
+    return config_key({"model": {"name": "cnn", "width": width}, "optimizer": {"name": "adam", "lr": 0.01},
+                       "dropout": dropout})
+
+
+def test_grid_extend_runs_only_the_points_not_run():
+    ran = {point(4, 0.0), point(5, 0.2)}
+    out, skipped = handed_out("grid", 1, ran)
+    assert sorted(out) == sorted({point(w, d) for w in (4, 5, 6) for d in (0.0, 0.2)} - ran) and skipped == 2
+
+
+def test_random_extend_draws_until_it_finds_configurations_not_run():
+    """2 of the 6 points left: asked for 4 trials it hands out exactly those 2 (then it has drawn
+    all it may and stops), never one already run and never one twice."""
+    ran = {point(w, d) for w in (4, 5) for d in (0.0, 0.2)}
+    out, skipped = handed_out("random", 4, ran)
+    assert sorted(out) == sorted([point(6, 0.0), point(6, 0.2)]) and skipped > 0

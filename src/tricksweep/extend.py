@@ -60,7 +60,7 @@ def extend_sweep(name: str, spec: str | Path | None = None, *, trials: int | Non
     plan = plan_extension(uri, name, spec, trials=trials, max_epochs=max_epochs)
     runs = len(plan.tags[LINEAGE_TAG].split(","))
     searcher = plan.loaded.spec.searcher
-    told = (f"; TPE is told the {len(plan.history.priors)} that lie in the space" if searcher == "optuna_tpe"
+    told = (f"; TPE is told those of its {len(plan.history.priors)} that lie in the space" if searcher == "optuna_tpe"
             else f"; {searcher} draws from seed {plan.history.sampler_seed}")
     echo(f"extending sweep {name} (parent run {plan.tags[EXTENDS_TAG]}, a lineage of {runs} run{'s' * (runs > 1)}): "
          f"the {len(plan.history.ran)} configurations it ran are not repeated{told}")
