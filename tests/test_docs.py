@@ -13,6 +13,7 @@ DOCTESTED = [
     "tricksweep.asha",
     "tricksweep.records",
     "tricksweep.search",
+    "tricksweep.searchers",
     "tricksweep.space",
     "trainables.report",
     "trainables.contract",

@@ -36,6 +36,7 @@ LAYERS = [
     {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver
+    {"extend"},  # tricksweep extend: a finished sweep continued through the driver, its lineage read back
     {"jobs"},
     {"cli"},
 ]

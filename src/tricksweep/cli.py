@@ -7,6 +7,7 @@
     tricksweep report quickstart [--out DIR]
     tricksweep register quickstart [--model NAME] [--alias best]
     tricksweep rerun quickstart trial-00003             # train one trial again; compare with its record
+    tricksweep extend quickstart sweeps/quickstart_wider.yaml --trials 16   # continue a finished sweep
     tricksweep submit sweeps/cifar10_tricks.yaml --address http://127.0.0.1:8265
     tricksweep status|logs|stop JOB --address http://127.0.0.1:8265
     tricksweep ls
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for the report (default: reports/NAME)")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--lineage", action="store_true",
+                   help="over every run the latest one extends too (tricksweep extend), trials named g0/, g1/...")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("register", help="log a finished sweep's best model on its parent run and register it")
@@ -107,6 +110,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("trial", help="the trial's name (trial-00003) or id (a1b2c_00003)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
     p.set_defaults(func=cmd_rerun)
+
+    p = sub.add_parser("extend", help="continue a finished sweep: more trials, a longer budget or a changed space")
+    p.add_argument("name", help="the sweep's name (its MLflow experiment); its latest run is continued")
+    p.add_argument("spec", type=Path, nargs="?",
+                   help="a spec whose space or budget differs (same name, metric, mode, trainable); "
+                   "default: the sweep's")
+    p.add_argument("--trials", type=int, help="new trials to run (default: the spec's budget.trials)")
+    p.add_argument("--max-epochs", type=int,
+                   help="epochs a trial may run at most (default: the spec's budget.max_epochs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI where the sweep was recorded")
+    p.add_argument("--address", help="Ray address to attach to; default: local Ray")
+    p.add_argument("--storage", help="Tune storage path (default: the sweep's)")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows to print")
+    p.add_argument("--no-report", action="store_true", help="skip the lineage's report at the end")
+    p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser("submit", help="run a sweep as a Ray Job on a cluster (its dashboard address)")
     p.add_argument("spec", type=Path)
@@ -254,8 +272,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     console = _console()
     uri = resolve_tracking_uri(args.tracking_uri, None)
     check_tracking(uri)
-    report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top)
+    report = build_report(uri, args.name, args.out or Path("reports") / args.name, draw=not args.no_plots, top=args.top,
+                          lineage=args.lineage)
     print_report(report, console, args.top)
+    return 0
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    from tricksweep import leaderboard
+    from tricksweep.extend import best_lines, extend_sweep
+    from tricksweep.preflight import check_tracking
+    from tricksweep.records import load_sweep
+    from tricksweep.report import build_report, print_report
+    from tricksweep.runner import check_address
+    from tricksweep.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, None)
+    check_tracking(uri)
+    check_address(args.address)
+    console = _console()
+    try:
+        outcome = extend_sweep(args.name, args.spec, trials=args.trials, max_epochs=args.max_epochs,
+                               tracking_uri=uri, address=args.address, storage=args.storage,
+                               echo=lambda line: console.print(line, markup=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        print(_interrupted_line(args.name, uri), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    code = _conclude(console, outcome, args.top, report=False)
+    if code != 0:
+        return code
+    console.print()
+    sweep = load_sweep(uri, outcome.experiment, lineage=True)
+    if args.no_report:
+        rows = leaderboard.rank(sweep.trials, sweep.metric, sweep.mode, repeats=sweep.repeats > 1)
+        console.print(leaderboard.table(rows, sweep.metric, args.top, heading=f"{sweep.name} (lineage): "))
+    else:
+        try:
+            report = build_report(uri, outcome.experiment, Path("reports") / outcome.experiment, top=args.top,
+                                  lineage=True)
+            print_report(report, console, args.top)
+        except Exception as err:  # noqa: BLE001 - the extend is recorded; a report problem must not fail it
+            console.print(f"report skipped: {type(err).__name__}: {err} "
+                          f"(retry: tricksweep report {outcome.experiment} --lineage)", markup=False)
+    for line in best_lines(sweep):
+        console.print(line, markup=False, soft_wrap=True)
     return 0
 
 

@@ -3,18 +3,24 @@ child runs alone, so it works for any recorded sweep, local or from a cluster. N
 
     sweep = load_sweep("sqlite:////abs/mlflow.db", "quickstart")
     best, epoch = sweep.trials[0].best(sweep.metric, sweep.mode)
+    lineage = load_sweep("sqlite:////abs/mlflow.db", "quickstart", lineage=True)  # and every run it extends
 """
 
 from __future__ import annotations
 
 import math
+import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 # Statuses of trials that give no result: left out of effects, importance and claims.
 NO_RESULT = ("failed", "lost", "running", "")
+# On the parent run of `tricksweep extend`: the parent run it extends, and every parent run before it
+# (comma-separated, oldest first): the lineage.
+EXTENDS_TAG = "tricksweep.extends"
+LINEAGE_TAG = "tricksweep.lineage"
 
 
 @dataclass
@@ -59,6 +65,9 @@ class RecordedSweep:
     parent_run_id: str
     spec: dict[str, Any]  # the resolved spec as run
     trials: list[TrialRecord]
+    # With lineage=True: the parent runs read, oldest first (trial names then say which: g0/trial-00003);
+    # else just this run's.
+    lineage: list[str] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
@@ -91,21 +100,37 @@ class RecordedSweep:
 
 
 def parse_param(text: str) -> Any:
-    """An MLflow param (a string) back as the scalar it was: ``"0.1"`` -> 0.1, ``"true"`` -> True."""
+    """An MLflow param (a string) back as the scalar it was: ``"0.1"`` -> 0.1, ``"true"`` -> True.
+
+    >>> parse_param("1e-05"), parse_param("0.1"), parse_param("adam")
+    (1e-05, 0.1, 'adam')
+    """
     import yaml
 
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and _FLOAT.match(text):
+        return float(text)  # YAML 1.1 reads Python's "1e-05" (no dot) as a string
     return value if isinstance(value, (str, int, float, bool, type(None))) else text
 
 
-def load_sweep(uri: str, name: str) -> RecordedSweep:
-    """The latest recorded run of sweep ``name`` (SpecError listing the sweeps found if none)."""
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def lineage_of(tags: dict[str, str], run_id: str) -> list[str]:
+    """The parent runs of a sweep's lineage, oldest first, ending with ``run_id`` (its tags: ``tags``)."""
+    return [r for r in tags.get(LINEAGE_TAG, "").split(",") if r] + [run_id]
+
+
+def load_sweep(uri: str, name: str, *, lineage: bool = False) -> RecordedSweep:
+    """The latest recorded run of sweep ``name`` (SpecError listing the sweeps found if none);
+    ``lineage``: with the trials of every run it extends (``tricksweep extend``), each trial's
+    name prefixed with its generation (``g0/`` the first run)."""
     import yaml
 
-    from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
+    from tricksweep.tracking import ParentRun
 
     parent = ParentRun.latest(uri, name)
     client = parent.client
@@ -122,10 +147,26 @@ def load_sweep(uri: str, name: str) -> RecordedSweep:
                 "budget": {"max_epochs": int(params.get("budget.max_epochs", 1))},
                 "scheduler": {"type": params.get("scheduler.type", "asha"),
                               "grace_epochs": int(params.get("scheduler.grace_epochs", 1))}}
+    if not lineage:
+        trials = load_trials(client, parent.experiment_id, parent.run_id, spec["metric"])
+        return RecordedSweep(name, uri, parent.run_id, spec, trials, [parent.run_id])
+    runs = lineage_of(client.get_run(parent.run_id).data.tags, parent.run_id)
+    trials = []
+    for generation, run_id in enumerate(runs):
+        for trial in load_trials(client, parent.experiment_id, run_id, spec["metric"]):
+            trial.name = f"g{generation}/{trial.name}"
+            trials.append(trial)
+    return RecordedSweep(name, uri, parent.run_id, spec, trials, runs)
+
+
+def load_trials(client: Any, experiment_id: str, parent_run_id: str, metric: str) -> list[TrialRecord]:
+    """The trials (child runs) of one parent run, by name; reruns left out."""
+    from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG
+
     runs = client.search_runs(
-        [parent.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'", max_results=50000
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50000
     )
-    wanted = {spec["metric"], "train_loss", "val_loss", "train_accuracy", "val_accuracy"}
+    wanted = {metric, "train_loss", "val_loss", "train_accuracy", "val_accuracy"}
     trials = []
     for run in runs:
         if run.data.tags.get(SWEEP_TAG) == "rerun":
@@ -140,4 +181,4 @@ def load_sweep(uri: str, name: str) -> RecordedSweep:
             {k: parse_param(v) for k, v in run.data.params.items()}, history, run.info.run_id,
         ))
     trials.sort(key=lambda t: t.name)
-    return RecordedSweep(name, uri, parent.run_id, spec, trials)
+    return trials

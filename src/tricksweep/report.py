@@ -41,10 +41,12 @@ class SweepReport:
     out: Path
 
 
-def build_report(uri: str, name: str, out: Path, *, draw: bool = True, log: bool = True, top: int = 10) -> SweepReport:
+def build_report(uri: str, name: str, out: Path, *, draw: bool = True, log: bool = True, top: int = 10,
+                 lineage: bool = False) -> SweepReport:
     """Read sweep ``name`` from MLflow, write the report to ``out`` and (``log``) log it on the
-    parent run under ``report/``; ``draw=False``: tables only."""
-    sweep = load_sweep(uri, name)
+    parent run under ``report/``; ``draw=False``: tables only; ``lineage``: over the trials of every
+    run the latest one extends too (``tricksweep extend``)."""
+    sweep = load_sweep(uri, name, lineage=lineage)
     out.mkdir(parents=True, exist_ok=True)
     board = leaderboard.rank(sweep.trials, sweep.metric, sweep.mode, repeats=sweep.repeats > 1)
     finished = len(sweep.finished)
@@ -143,7 +145,9 @@ def render_html(report: SweepReport, top: int = 10) -> str:
         f"<title>tricksweep report: {esc(sweep.name)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Sweep <code>{esc(sweep.name)}</code></h1>",
         f"<p>{len(sweep.trials)} trials ({len(sweep.finished)} finished), {len(board)} configurations; "
-        f"objective: {sweep.mode} {esc(sweep.metric)}; MLflow parent run <code>{sweep.parent_run_id}</code>.</p>",
+        f"objective: {sweep.mode} {esc(sweep.metric)}; MLflow parent run <code>{sweep.parent_run_id}</code>"
+        + (f"; the lineage of {len(sweep.lineage)} runs (g0 the first): "
+           + ", ".join(f"<code>{r}</code>" for r in sweep.lineage) if len(sweep.lineage) > 1 else "") + ".</p>",
         f"<h2>Leaderboard (top {min(top, len(board))})</h2><table>"
         "<colgroup><col class='n'><col class='v'><col class='e'><col class='e'><col class='s'><col></colgroup>"
         f"<tr><th>#</th><th>{metric_head}</th><th>{'repeats' if repeats else 'trial'}</th><th>epochs</th>"
@@ -195,7 +199,8 @@ def print_report(report: SweepReport, console: Any, top: int = 10) -> None:
     from rich.table import Table
 
     sweep = report.sweep
-    console.print(leaderboard.table(report.leaderboard, sweep.metric, top, heading=f"{sweep.name}: "))
+    runs = f" (lineage of {len(sweep.lineage)} runs)" if len(sweep.lineage) > 1 else ""
+    console.print(leaderboard.table(report.leaderboard, sweep.metric, top, heading=f"{sweep.name}{runs}: "))
     console.print(f"effects ({report.effects_note}):" if report.effects else report.effects_note, markup=False)
     for line in effect_lines(report.effects, sweep.metric):
         console.print(f"  {line}", markup=False)

@@ -164,8 +164,10 @@ def callbacks(spec: SweepSpec, parent: ParentRun, echo: Callable[[str], None]) -
     return [tracker, errors, Progress(spec.metric, spec.mode, tracker, errors, echo)]
 
 
-def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks: list) -> tune.Tuner:
-    """The Tuner for a validated spec (Ray must be running: weights files go to its object store)."""
+def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks: list,
+                history: Any = None) -> tune.Tuner:
+    """The Tuner for a validated spec (Ray must be running: weights files go to its object store);
+    ``history``: what an extended sweep's lineage ran (``searchers.History``), for its searcher."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
@@ -178,7 +180,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
             grace_period=spec.scheduler.grace_epochs,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    search_alg, num_samples, param_space = search.build(loaded.space, spec)
+    search_alg, num_samples, param_space = search.build(loaded.space, spec, history)
     return tune.Tuner(
         trial_trainable(loaded),
         param_space=param_space,
@@ -583,19 +585,24 @@ def prune_checkpoints(results: Any, metric: str, mode: str) -> int:
 
 def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: bool = False,
               tracking_uri: str | None = None, address: str | None = None, storage: str | None = None,
-              echo: Callable[[str], None] = print) -> Outcome:
+              echo: Callable[[str], None] = print, history: Any = None,
+              parent_tags: dict[str, str] | None = None) -> Outcome:
     """Run a spec (a file, a dict of its keys, or ``load_spec``'s result) as a new sweep: a new Tune
-    experiment and a new MLflow parent run. A spec that does not load raises SpecError before Ray starts."""
+    experiment and a new MLflow parent run. A spec that does not load raises SpecError before Ray starts.
+    ``history`` and ``parent_tags``: an extend's lineage for the searcher, and its tags on the parent run."""
     started = time.monotonic()
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
     shipped = code_runtime_env(plan.loaded, address)
     parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
                           storage_path=plan.storage_path, smoke=plan.smoke)
+    for key, value in (parent_tags or {}).items():
+        parent.client.set_tag(parent.run_id, key, value)
     echo(f"sweep {plan.spec.name}: {plan.loaded.trials_total} trials x <= {plan.spec.budget.max_epochs} epochs, "
          f"MLflow run {parent.run_id} at {plan.tracking_uri}")
     return _run_and_record(
-        lambda: build_tuner(plan.loaded, plan.storage_path, plan.run_name, callbacks(plan.spec, parent, echo)),
+        lambda: build_tuner(plan.loaded, plan.storage_path, plan.run_name, callbacks(plan.spec, parent, echo),
+                            history),
         plan.spec, parent, address, started, shipped,
     )
 

@@ -27,7 +27,8 @@ from tricksweep.space import parse  # noqa: F401 - used by the doctests
 @dataclass(frozen=True)
 class SearcherEntry:
     """A searcher and what it can express. ``build`` is ``"module:function"``; the function takes
-    ``(space, spec)`` and returns Tune's ``(search_alg, num_samples, param_space)``."""
+    ``(space, spec, history)`` (``history``: an extended sweep's lineage, ``searchers.History``,
+    or None) and returns Tune's ``(search_alg, num_samples, param_space)``."""
 
     name: str
     description: str
@@ -94,9 +95,10 @@ def check_space(space: dsl.Node, searcher: str, repeats: int = 1, path: str = "s
                         "use {choice: [...]}, or searcher: grid")
 
 
-def build(space: dsl.Node, spec: Any) -> tuple[Any, int, dict[str, Any]]:
-    """Tune's search algorithm, ``num_samples`` and ``param_space`` for a validated spec."""
-    return entry(spec.searcher).builder()(space, spec)
+def build(space: dsl.Node, spec: Any, history: Any = None) -> tuple[Any, int, dict[str, Any]]:
+    """Tune's search algorithm, ``num_samples`` and ``param_space`` for a validated spec; ``history``
+    (``searchers.History``) when extending a sweep: what its lineage ran."""
+    return entry(spec.searcher).builder()(space, spec, history)
 
 
 def _ranges(node: dsl.Node, path: str) -> Iterator[tuple[str, dsl.Uniform]]:

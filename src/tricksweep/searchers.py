@@ -26,6 +26,16 @@ tell Optuna only once all repeats of a configuration ended, and decide on purpos
 repeat exactly; TPE's first ``n_startup_trials`` (random) suggestions repeat exactly, and later
 ones depend on the order results arrive in, which is exact with ``max_concurrent_trials: 1``.
 
+**Extending a sweep** (``tricksweep extend``, ``History``). The searcher is handed the lineage's
+configurations and how they did. TPE is *told* them before its first suggestion: each earlier
+configuration whose values lie in the (possibly widened) space is added to the Optuna study as a
+finished trial (``study.add_trial``), with the state the rule above gives it under the new epoch
+budget, so TPE's model is fitted on them from its first suggestion (Ray's ``evaluated_rewards``
+and ``add_evaluated_point`` refuse a define-by-run space). No searcher hands out a configuration
+already run in the lineage (:func:`config_key`: every parameter but the seed, as MLflow records
+it); random draws start from a new seed (``History.sampler_seed``), so they and the trials' seeds
+differ from the earlier runs'; grid runs only the points not run yet.
+
 **Epoch budget.** ``budget.max_total_epochs`` counts every epoch any trial reported; once spent
 the searcher hands out no new trial (running trials finish, so the total may exceed it by what
 they use). ``budget.time_limit_s`` is Tune's ``time_budget_s``.
@@ -46,9 +56,121 @@ from ray.tune.search import Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from tricksweep import space as dsl
+from tricksweep.records import parse_param
+from tricksweep.tracking import param_value
 
 SEED_RANGE = 2**31 - 1
 TPE_STARTUP_TRIALS = 8
+MAX_DRAWS_PER_SUGGESTION = 200  # draws of configurations already run before a searcher gives up
+PRIOR_ATTR = "tricksweep.prior"  # on a study trial told from the lineage: the earlier trial it stands for
+
+
+def config_key(config: dict) -> tuple:
+    """What makes two trials the same configuration: every flattened parameter but the seed, each
+    as its MLflow param text read back (``records.parse_param``) and written again, so a config
+    Tune sampled compares equal to the same one read back from MLflow.
+
+    >>> config_key({"optimizer": {"lr": 0.1}, "seed": 3}) == config_key({"optimizer": {"lr": 0.1}, "seed": 4})
+    True
+    """
+    return tuple(sorted((k, param_value(parse_param(param_value(v)))) for k, v in dsl.flatten(config).items()
+                        if k != "seed"))
+
+
+@dataclass
+class Prior:
+    """An earlier configuration of the lineage as TPE is told it (see the module doc)."""
+
+    config: dict  # nested, as sampled, without the seed
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None  # COMPLETE: the mean over repeats of each trial's best value
+    curve: dict[int, float]  # PRUNED: the mean running-best metric per epoch, as intermediate values
+    source: str  # the earlier trial (or trials) it stands for
+
+
+@dataclass
+class History:
+    """What ``tricksweep extend`` hands its searcher: the configurations the lineage ran, how
+    they did, and a seed for new draws."""
+
+    ran: set[tuple]  # config_key of every configuration run in the lineage
+    priors: list[Prior]  # what TPE is told
+    sampler_seed: int  # random draws, TPE's sampler and the trials' seeds start from it
+
+
+def prior(config: dict, results: list[tuple[str, dict[int, float]]], *, mode: str, max_epochs: int,
+          source: str) -> Prior:
+    """An earlier configuration's ``Prior`` from its trials' ``(status, metric per epoch)``, by the
+    rule ``OptunaRepeats`` tells a configuration with, under the new ``max_epochs``."""
+    best = max if mode == "max" else min
+    if not results or any(status == "failed" or not curve for status, curve in results):
+        return Prior(config, "FAIL", None, {}, source)
+    running = [_running_best(curve, best) for _, curve in results]
+    full = all(max(curve) >= max_epochs or status == "early_stopped" for status, curve in results)
+    if full:
+        values = [best(curve.values()) for curve in running]
+        return Prior(config, "COMPLETE", sum(values) / len(values), {}, source)
+    reached = min(max(curve) for curve in running)
+    points = {e: [c[e] for c in running if e in c] for e in range(1, reached + 1)}
+    return Prior(config, "PRUNED", None, {e: sum(p) / len(p) for e, p in points.items() if p}, source)
+
+
+class _Outside(Exception):
+    """A configuration with a value the space cannot give."""
+
+
+def optuna_point(space: dsl.Node, config: dict) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The Optuna params and distributions under which ``DefineByRun(space)`` would have produced
+    ``config`` (None when it cannot: a value outside a range, an option or a constant that is not
+    in the space). What a told trial needs: the same names and distributions as a new one.
+
+    >>> optuna_point(dsl.parse({"lr": {"loguniform": [1e-4, 1e-1]}, "width": 8}), {"lr": 0.01, "width": 8})[0]
+    {'lr': 0.01}
+    """
+    params: dict[str, Any] = {}
+    distributions: dict[str, Any] = {}
+    try:
+        _point(space, config, "", params, distributions)
+    except _Outside:
+        return None
+    return params, distributions
+
+
+def _point(node: dsl.Node, value: Any, path: str, params: dict, distributions: dict) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(node, dict):
+        if not isinstance(value, dict) or not set(node) <= set(value):
+            raise _Outside
+        for key, child in node.items():
+            _point(child, value[key], f"{path}.{key}" if path else key, params, distributions)
+    elif isinstance(node, dsl.Const):
+        if param_value(value) != param_value(node.value):
+            raise _Outside
+    elif isinstance(node, dsl.Choice):
+        labels = dsl.option_labels(node)
+        for label, option in zip(labels, node.options, strict=True):
+            inner_params: dict = {}
+            inner_distributions: dict = {}
+            try:
+                _point(option, value, f"{path}[{label}]", inner_params, inner_distributions)
+            except _Outside:
+                continue
+            params.update(inner_params)
+            distributions.update(inner_distributions)
+            if len(labels) > 1:
+                params[path] = label
+                distributions[path] = CategoricalDistribution(labels)
+            return
+        raise _Outside
+    else:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not node.low <= value <= node.high or (isinstance(node, dsl.IntRange) and value != int(value)):
+            raise _Outside
+        if node.high > node.low:
+            params[path] = int(value) if isinstance(node, dsl.IntRange) else float(value)
+            distributions[path] = (IntDistribution(node.low, node.high) if isinstance(node, dsl.IntRange)
+                                   else FloatDistribution(node.low, node.high, log=node.log))
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:
@@ -72,19 +194,41 @@ class _EpochCounter:
 
 
 class BudgetedVariants(_EpochCounter, BasicVariantGenerator):
-    """Ray's random/grid variant generator that stops creating trials once the epoch budget is spent."""
+    """Ray's random/grid variant generator that stops creating trials once the epoch budget is spent.
 
-    def __init__(self, *, max_total_epochs: int | None, **kwargs: Any):
+    Extending a sweep: ``ran`` holds the configurations already run (``config_key``); a variant
+    among them is dropped and the next one drawn. ``wanted``: hand out that many trials, each a
+    configuration not run before (random: Tune is asked for more samples than that); without it
+    (grid) every point not run yet is handed out, ``budget.trials`` times."""
+
+    def __init__(self, *, max_total_epochs: int | None, ran: set[tuple] | None = None, wanted: int | None = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.max_total_epochs = max_total_epochs
         self.epochs_used = 0
         self._last_epoch: dict[str, int] = {}
+        self.ran = ran
+        self.wanted = wanted
+        self.handed_out = 0
+        self.skipped = 0  # variants dropped: their configuration had run
 
     def next_trial(self) -> Any:
-        if self.budget_spent():
+        if self.budget_spent() or (self.wanted is not None and self.handed_out >= self.wanted):
             self.set_finished()
             return None
-        return super().next_trial()
+        while True:
+            trial = super().next_trial()
+            if trial is None or self.ran is None:
+                return trial
+            key = config_key(trial.config)
+            if key not in self.ran:
+                break
+            self._live_trials.discard(trial.trial_id)
+            self.skipped += 1
+        if self.wanted is not None:
+            self.ran.add(key)  # random: the new trials do not repeat each other either
+        self.handed_out += 1
+        return trial
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._count(trial_id, result)
@@ -108,11 +252,13 @@ class OptunaRepeats(_EpochCounter, Searcher):
 
     def __init__(
         self, space: dsl.Node, *, sampler: str, seed: int, seeds: list[int] | None, max_epochs: int,
-        max_total_epochs: int | None,
+        max_total_epochs: int | None, history: History | None = None,
     ):
         super().__init__()
         self.space = space
         self.sampler_name = sampler
+        self.history = history
+        seed = history.sampler_seed if history is not None else seed
         self.seed = seed
         self.seeds = seeds  # None: one trial per configuration with a seed drawn from the sweep's generator
         self.max_epochs = max_epochs
@@ -124,6 +270,9 @@ class OptunaRepeats(_EpochCounter, Searcher):
         self.groups: dict[str, _Group] = {}
         self.group_of: dict[str, str] = {}
         self.told: dict[str, str] = {}  # group -> Optuna state told
+        self.priors_told = 0  # earlier configurations added to the study (extend)
+        self.priors_outside = 0  # ... left out: not a point of this space
+        self.duplicates = 0  # suggestions dropped: their configuration had run
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         import optuna
@@ -138,7 +287,27 @@ class OptunaRepeats(_EpochCounter, Searcher):
         )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.inner = OptunaSearch(space=dsl.DefineByRun(self.space), metric=metric, mode=mode, sampler=sampler)
+        if self.history is not None:
+            self._tell_priors(self.history.priors)
         return True
+
+    def _tell_priors(self, priors: list[Prior]) -> None:
+        """The lineage's configurations into the study, as finished trials (see the module doc)."""
+        import optuna
+
+        study = self.inner._ot_study  # OptunaSearch's own study: add_evaluated_point refuses define-by-run
+        for earlier in priors:
+            point = optuna_point(self.space, earlier.config)
+            if point is None:
+                self.priors_outside += 1
+                continue
+            params, distributions = point
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState[earlier.state], value=earlier.value, params=params,
+                distributions=distributions, intermediate_values=earlier.curve or None,
+                user_attrs={PRIOR_ATTR: earlier.source},
+            ))
+            self.priors_told += 1
 
     @property
     def repeats(self) -> int:
@@ -150,9 +319,9 @@ class OptunaRepeats(_EpochCounter, Searcher):
         group_id = next((g for g, grp in self.groups.items() if grp.handed_out < self.repeats), None)
         if group_id is None:
             group_id = f"config-{len(self.groups):05d}"
-            suggested = self.inner.suggest(group_id)
-            # OptunaSearch merges the flat Optuna parameter names into what DefineByRun returned: keep the config.
-            config = {k: v for k, v in suggested.items() if k in self.space}
+            config = self._new_config(group_id)
+            if config is None:
+                return Searcher.FINISHED
             self.groups[group_id] = _Group(config)
         group = self.groups[group_id]
         seed = self.seeds[group.handed_out] if self.seeds else self._rng.randrange(SEED_RANGE)
@@ -160,6 +329,26 @@ class OptunaRepeats(_EpochCounter, Searcher):
         group.trials.append(trial_id)
         self.group_of[trial_id] = group_id
         return {**copy.deepcopy(group.config), "seed": seed}
+
+    def _new_config(self, group_id: str) -> dict | None:
+        """A configuration from Optuna; when extending, one not run in the lineage: a repeat is
+        told to Optuna as failed (TPE ignores it) and another drawn. None: every draw repeated."""
+        for draw in range(MAX_DRAWS_PER_SUGGESTION):
+            optuna_id = group_id if draw == 0 else f"{group_id}-redraw{draw}"
+            suggested = self.inner.suggest(optuna_id)
+            # OptunaSearch merges the flat Optuna parameter names into what DefineByRun returned: keep the config.
+            config = {k: v for k, v in suggested.items() if k in self.space}
+            if self.history is None:
+                return config
+            key = config_key(config)
+            if key not in self.history.ran:
+                self.history.ran.add(key)
+                if draw:
+                    self.inner._ot_trials[group_id] = self.inner._ot_trials.pop(optuna_id)
+                return config
+            self.inner.on_trial_complete(optuna_id, None, error=True)
+            self.duplicates += 1
+        return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._count(trial_id, result)
@@ -223,35 +412,37 @@ def _running_best(curve: dict[int, float], best: Any) -> dict[int, float]:
     return out
 
 
-def build_random(space: dsl.Node, spec: Any) -> tuple[Any, int, dict[str, Any]]:
+def build_random(space: dsl.Node, spec: Any, history: History | None = None) -> tuple[Any, int, dict[str, Any]]:
     """Ray's variant generator over the space ({grid: ...} values enumerated); with repeats, one
     Optuna random sample per configuration, run with every repeat seed."""
     if spec.repeats > 1:
-        return _optuna(space, spec, "random")
-    return _variants(space, spec, enumerate_ranges=False)
+        return _optuna(space, spec, "random", history)
+    return _variants(space, spec, enumerate_ranges=False, history=history)
 
 
-def build_grid(space: dsl.Node, spec: Any) -> tuple[Any, int, dict[str, Any]]:
+def build_grid(space: dsl.Node, spec: Any, history: History | None = None) -> tuple[Any, int, dict[str, Any]]:
     """Every choice and int range enumerated; repeats become one more grid axis of seeds."""
-    return _variants(space, spec, enumerate_ranges=True)
+    return _variants(space, spec, enumerate_ranges=True, history=history)
 
 
-def build_optuna_tpe(space: dsl.Node, spec: Any) -> tuple[Any, int, dict[str, Any]]:
-    return _optuna(space, spec, "tpe")
+def build_optuna_tpe(space: dsl.Node, spec: Any, history: History | None = None) -> tuple[Any, int, dict[str, Any]]:
+    return _optuna(space, spec, "tpe", history)
 
 
-def _optuna(space: dsl.Node, spec: Any, sampler: str) -> tuple[Any, int, dict[str, Any]]:
+def _optuna(space: dsl.Node, spec: Any, sampler: str, history: History | None) -> tuple[Any, int, dict[str, Any]]:
+    # Repeat seeds stay the sweep's own when extending: every configuration of the lineage sees the same ones.
     seeds = repeat_seeds(spec.seed, spec.repeats) if spec.repeats > 1 else None
     searcher = OptunaRepeats(
         space, sampler=sampler, seed=spec.seed, seeds=seeds, max_epochs=spec.budget.max_epochs,
-        max_total_epochs=spec.budget.max_total_epochs,
+        max_total_epochs=spec.budget.max_total_epochs, history=history,
     )
     # Tune hands metric and mode to a searcher only with a non-empty param_space; every
     # suggestion carries its own seed, which replaces this placeholder.
     return searcher, spec.budget.trials * spec.repeats, {"seed": 0}
 
 
-def _variants(space: dsl.Node, spec: Any, enumerate_ranges: bool) -> tuple[Any, int, dict[str, Any]]:
+def _variants(space: dsl.Node, spec: Any, enumerate_ranges: bool,
+              history: History | None = None) -> tuple[Any, int, dict[str, Any]]:
     from ray import tune
 
     compiled = dsl.to_tune(space, enumerate_ranges=enumerate_ranges)
@@ -260,9 +451,16 @@ def _variants(space: dsl.Node, spec: Any, enumerate_ranges: bool) -> tuple[Any, 
         seeds = repeat_seeds(spec.seed, spec.repeats) if spec.repeats > 1 else None
         compiled["seed"] = tune.grid_search(seeds) if seeds else tune.randint(0, SEED_RANGE)
     # Tune applies max_concurrent_trials only to a Searcher: the variant generator takes its own.
-    variants = BudgetedVariants(random_state=spec.seed, max_total_epochs=spec.budget.max_total_epochs,
-                                max_concurrent=spec.max_concurrent_trials or 0)
-    return variants, spec.budget.trials, compiled
+    if history is None:
+        variants = BudgetedVariants(random_state=spec.seed, max_total_epochs=spec.budget.max_total_epochs,
+                                    max_concurrent=spec.max_concurrent_trials or 0)
+        return variants, spec.budget.trials, compiled
+    # Extending: draws from a new seed, configurations run in the lineage dropped (see BudgetedVariants).
+    wanted = None if enumerate_ranges else spec.budget.trials * dsl.grid_points(space)
+    variants = BudgetedVariants(random_state=history.sampler_seed, max_total_epochs=spec.budget.max_total_epochs,
+                                max_concurrent=spec.max_concurrent_trials or 0, ran=set(history.ran), wanted=wanted)
+    samples = spec.budget.trials if wanted is None else wanted + len(history.ran) + MAX_DRAWS_PER_SUGGESTION
+    return variants, samples, compiled
 
 
 @contextmanager
