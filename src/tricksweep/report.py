@@ -97,6 +97,9 @@ def _draw(sweep: RecordedSweep, found: list[Effect], out: Path) -> tuple[dict[st
     }
     if sweep.asha:
         makers["asha_rungs"] = lambda p: plots.plot_asha(sweep, p)
+    spans = gpu_spans(sweep)
+    if spans:  # only sweeps whose trials ran on GPUs (NVML recorded them)
+        makers["gpu_timeline"] = lambda p: plots.plot_gpu_timeline(spans, p)
     try:
         import matplotlib
 
@@ -114,6 +117,44 @@ def _draw(sweep: RecordedSweep, found: list[Effect], out: Path) -> tuple[dict[st
         except Exception as err:  # noqa: BLE001 - a plot that cannot be drawn is skipped, with the reason
             errors[key] = f"{type(err).__name__}: {err}"
     return made, errors
+
+
+@dataclass
+class GpuSpan:
+    """A trial's time on a GPU, read back from its child run (tags and NVML's per-epoch metrics)."""
+
+    gpu: str  # node_ip/index
+    trial: str
+    start_s: float
+    end_s: float
+    utilization: float | None  # mean over its epochs, %
+    memory: list[tuple[float, float, float]]  # (time s, device MiB used, device MiB total) per epoch
+
+
+def gpu_spans(sweep: RecordedSweep) -> list[GpuSpan]:
+    """Every trial that recorded which GPU it ran on, with its times and NVML's readings."""
+    from tricksweep.tracking import GPU_TAG, open_client
+
+    client = open_client(sweep.uri)
+    spans = []
+    for trial in sweep.trials:
+        if not trial.run_id:
+            continue
+        run = client.get_run(trial.run_id)
+        if GPU_TAG not in run.data.tags:
+            continue
+        used = _history(client, trial.run_id, "gpu_device_memory_used_mib")
+        total = {point.step: point.value for point in _history(client, trial.run_id, "gpu_device_memory_total_mib")}
+        util = [point.value for point in _history(client, trial.run_id, "gpu_utilization")]
+        end = run.info.end_time or max((point.timestamp for point in used), default=run.info.start_time)
+        spans.append(GpuSpan(run.data.tags[GPU_TAG], trial.name, run.info.start_time / 1000, end / 1000,
+                             sum(util) / len(util) if util else None,
+                             [(point.timestamp / 1000, point.value, total.get(point.step, 0.0)) for point in used]))
+    return spans
+
+
+def _history(client: Any, run_id: str, key: str) -> list:
+    return sorted(client.get_metric_history(run_id, key), key=lambda point: point.step)
 
 
 # Fits a laptop screen: fixed-layout tables at the page's width, long settings wrap in their cell.
