@@ -218,10 +218,12 @@ def test_the_report_draws_a_gpu_timeline_only_from_trials_that_recorded_gpu_use(
     matplotlib.use("Agg")
     client = MlflowClient(new_store(tmp_path))
     experiment = client.create_experiment("timeline")
+    parent = client.create_run(experiment).info.run_id
     trials = []
     runs = [("10.0.0.1/0", 30000), ("10.0.0.1/0", 50000), ("10.0.0.1/1", 20000), (None, 0)]  # the last: on the CPU
     for i, (gpu_tag, used) in enumerate(runs):
-        run = client.create_run(experiment, start_time=1_000_000 + 1000 * i, tags={GPU_TAG: gpu_tag} if gpu_tag else {})
+        tags = {"mlflow.parentRunId": parent, **({GPU_TAG: gpu_tag} if gpu_tag else {})}
+        run = client.create_run(experiment, start_time=1_000_000 + 1000 * i, tags=tags)
         for epoch in (1, 2):
             stamp = 1_000_000 + 1000 * i + 20_000 * epoch
             if gpu_tag:
@@ -230,11 +232,11 @@ def test_the_report_draws_a_gpu_timeline_only_from_trials_that_recorded_gpu_use(
                 client.log_metric(run.info.run_id, "gpu_utilization", 40.0 * epoch, stamp, epoch)
         client.set_terminated(run.info.run_id, end_time=1_000_000 + 1000 * i + 45_000)
         trials.append(TrialRecord(f"t{i}", f"trial-{i}", "completed", {}, {}, run.info.run_id))
-    sweep = RecordedSweep("timeline", client.tracking_uri, "", {"metric": "m", "mode": "max"}, trials)
+    sweep = RecordedSweep("timeline", client.tracking_uri, parent, {"metric": "m", "mode": "max"}, trials)
     spans = gpu_spans(sweep)
     assert [(s.gpu, s.trial) for s in spans] == [("10.0.0.1/0", "trial-0"), ("10.0.0.1/0", "trial-1"),
                                                   ("10.0.0.1/1", "trial-2")]
     assert spans[0].utilization == 60.0 and spans[1].memory[-1][1:] == (50000, 81559)
     plots.plot_gpu_timeline(spans, tmp_path / "gpu.png")
     assert (tmp_path / "gpu.png").stat().st_size > 1000
-    assert gpu_spans(RecordedSweep("cpu", client.tracking_uri, "", {}, trials[3:])) == []
+    assert gpu_spans(RecordedSweep("cpu", client.tracking_uri, parent, {}, trials[3:])) == []

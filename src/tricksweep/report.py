@@ -132,25 +132,28 @@ class GpuSpan:
 
 
 def gpu_spans(sweep: RecordedSweep) -> list[GpuSpan]:
-    """Every trial that recorded which GPU it ran on, with its times and NVML's readings."""
-    from tricksweep.tracking import GPU_TAG, open_client
+    """Every trial that recorded which GPU it ran on, with its times and NVML's readings (one search
+    for the sweep's GPU trials: a CPU sweep costs no more)."""
+    from tricksweep.tracking import GPU_TAG, PARENT_TAG, open_client
 
     client = open_client(sweep.uri)
+    experiment = client.get_run(sweep.parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], max_results=50000, filter_string=(
+        f"tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' and tags.`{GPU_TAG}` LIKE '%'"))
+    names = {t.run_id: t.name for t in sweep.trials}
     spans = []
-    for trial in sweep.trials:
-        if not trial.run_id:
-            continue
-        run = client.get_run(trial.run_id)
-        if GPU_TAG not in run.data.tags:
-            continue
-        used = _history(client, trial.run_id, "gpu_device_memory_used_mib")
-        total = {point.step: point.value for point in _history(client, trial.run_id, "gpu_device_memory_total_mib")}
-        util = [point.value for point in _history(client, trial.run_id, "gpu_utilization")]
+    for run in runs:
+        if run.info.run_id not in names:
+            continue  # not a trial of the sweep (a rerun)
+        run_id = run.info.run_id
+        used = _history(client, run_id, "gpu_device_memory_used_mib")
+        total = {point.step: point.value for point in _history(client, run_id, "gpu_device_memory_total_mib")}
+        util = [point.value for point in _history(client, run_id, "gpu_utilization")]
         end = run.info.end_time or max((point.timestamp for point in used), default=run.info.start_time)
-        spans.append(GpuSpan(run.data.tags[GPU_TAG], trial.name, run.info.start_time / 1000, end / 1000,
+        spans.append(GpuSpan(run.data.tags[GPU_TAG], names[run_id], run.info.start_time / 1000, end / 1000,
                              sum(util) / len(util) if util else None,
                              [(point.timestamp / 1000, point.value, total.get(point.step, 0.0)) for point in used]))
-    return spans
+    return sorted(spans, key=lambda span: (span.gpu, span.start_s))
 
 
 def _history(client: Any, run_id: str, key: str) -> list:
