@@ -3,6 +3,7 @@ packing several small trials on one GPU pay?
 
     python benchmarks/gpu_check.py [--out gpu.json]     # on a machine with a CUDA GPU
     python benchmarks/gpu_check.py --smoke              # tiny sizes; on the CPU when there is no GPU
+    python benchmarks/gpu_check.py --packing --mps      # G3-G5 instead: sweeps packed by GPU memory
 
 G1  images/s of ``trainables.classifier.train`` with the ``resnet`` model (``cnn`` when
     trainables.models has no ResNet) on CIFAR-shaped synthetic tensors, against an
@@ -15,6 +16,19 @@ G2  four trials of the small ``cnn`` packed on one GPU (``gpu: 0.25`` each, thro
     against one trial alone: total images/s while all of them run (each trial's median epoch
     time over the epochs that end inside the window where every trial is past its first epoch
     and none has finished). Goal >= 2.5x.
+
+G3  (--packing) one sweep of mixed sizes (ResNet widths 16-128, batch 128-1024, lr varied: 4 shapes,
+    2 trials each) run with ``resources: {gpu_memory: auto}``, with static fractions (``gpu: 0.25``,
+    ``gpu: 0.125``: the best one, in hindsight, is the peer) and with ``gpu: 1``: total images/s
+    (images trained / sweep wall time) and the wall time. Goal: auto >= 1.5x ``gpu: 1`` and >= the
+    best static fraction, no trial left failed or infeasible.
+G4  (--packing) a trial too large for its share (a wide ResNet at batch 1024 asking ``gpu_memory:
+    2GiB``, enforced by torch's per-process memory fraction): out of memory, retried with larger
+    shares from its checkpoint, finishes. Reports the retries.
+G5  (--packing) memory given back: two trials one after the other in one reused actor; the second
+    starts with what torch's allocator still held of the first. Goal <= 8 MiB.
+On the CPU (``--smoke`` without a GPU) the sweeps ask for ``gpu_memory_mib`` that local Ray
+advertises as a stand-in, G4 uses tests/oom_share_trainable.py, and only G4 (the policy) is judged.
 
 Synthetic data: ``trainables.data.load`` is replaced in each process by a loader returning
 random uint8 tensors shaped like CIFAR-10, so no download is needed.
@@ -220,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument("--no-pack", action="store_true", help="skip G2 (it starts a local Ray)")
     parser.add_argument("--no-g1", action="store_true", help="skip G1 (trainable vs airbench-style loop)")
+    parser.add_argument("--packing", action="store_true", help="G3-G5: packing by GPU memory, OOM retries, "
+                        "memory given back (instead of G1/G2)")
     parser.add_argument("--mps", action="store_true",
                         help="G2 again with NVIDIA's MPS daemon running (needs nvidia-cuda-mps-control)")
     args = parser.parse_args(argv)
@@ -244,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     raw = {"model": model, "data": PLACEHOLDER_DATA, "epochs": epochs, "batch_size": batch, "batch_norm": True,
            "optimizer": {"name": "sgd_momentum", "lr": 0.05, "momentum": 0.9, "nesterov": True},
            "checkpoint_every": epochs}
+    if args.packing:
+        with cuda_mps() if args.mps and device == "cuda" else contextlib.nullcontext():
+            rows += packing_rows(device, big, notes)
+        print_table(rows, notes)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"device": device, "rows": rows, "notes": notes}, indent=2))
+        return 0
     split = synthetic_split(**sizes)
     if not args.no_g1:
         rows += g1_rows(raw, split, device, label, big)
@@ -323,6 +347,136 @@ def g2_rows(raw: dict, sizes: dict[str, int], device: str, big: bool, mps: bool)
         {"id": "G2", "system": f"1 trial alone{how}", "value": alone["images_per_s"], "unit": "img/s",
          "ratio": 1.0, "goal": "peer", "passed": None, "note": f"wall {alone['wall_s']:.1f} s"},
     ]
+
+
+STAND_IN_MIB = 4000  # local Ray's gpu_memory_mib on a machine without a GPU (--smoke on the CPU)
+
+
+def packing_rows(device: str, big: bool, notes: list[str]) -> list[dict]:
+    """G3-G5 through the engine (``run_sweep``) on one local Ray."""
+    import ray
+
+    from tricksweep import gpu
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"),
+                                                           os.environ.get("PYTHONPATH")) if p)
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.append(str(ROOT / "tests"))  # G4's stand-in on the CPU: tests/oom_share_trainable.py
+    os.environ["GPU_CHECK_SIZES"] = "8192,1024" if big else "128,32"
+    os.environ["OOM_TRIAL_LOG"] = str(Path(tempfile.mkdtemp(prefix="gpu-check-")) / "oom.jsonl")
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    memory = gpu.local_gpu_memory_mib() if device == "cuda" else STAND_IN_MIB
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             num_cpus=None if device == "cuda" else 2, resources={gpu.RESOURCE: memory})
+    try:
+        rows = mixed_sizes(device, big, work, notes)
+        rows += forced_oom(device, big, work)
+        rows += memory_given_back(device, work)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _sweep(name: str, resources: dict, space: dict, trials: int, epochs: int, work: Path, *,
+           trainable: str = "benchmarks.packing_trainable", max_concurrent: int | None = None) -> Any:
+    from tricksweep.runner import run_sweep
+
+    spec = {"name": name, "trainable": trainable, "dataset": PLACEHOLDER_DATA, "metric": "val_accuracy",
+            "mode": "max", "budget": {"trials": trials, "max_epochs": epochs}, "scheduler": {"type": "none"},
+            "searcher": "random", "seed": 0, "resources": resources, "space": space, "registry": False,
+            "max_concurrent_trials": max_concurrent, "stop_on_repeated_errors": 0}
+    if trainable != "benchmarks.packing_trainable":
+        spec.update(dataset={}, metric="val_score")
+    started = time.perf_counter()
+    outcome = run_sweep(spec, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", storage=str(work / "runs"),
+                        echo=lambda _: None)
+    return outcome, time.perf_counter() - started
+
+
+def _images_per_s(outcome: Any, wall_s: float) -> float:
+    n_train = int(os.environ["GPU_CHECK_SIZES"].split(",")[0])
+    return sum(t.epochs for t in outcome.trials) * n_train / wall_s
+
+
+def mixed_sizes(device: str, big: bool, work: Path, notes: list[str]) -> list[dict]:
+    space = {"model": {"name": "resnet", "width": {"choice": [16, 128] if big else [4, 8]}, "depth": 2},
+             "batch_size": {"choice": [128, 1024] if big else [16, 32]},
+             "optimizer": {"name": "sgd_momentum", "lr": {"loguniform": [0.01, 0.1]}, "momentum": 0.9}}
+    trials, epochs = (8, 3) if big else (2, 1)
+    arms = {"gpu_memory: auto": {"cpu": 1, "gpu_memory": "auto"}}
+    if device == "cuda":
+        arms.update({"gpu: 0.25": {"cpu": 1, "gpu": 0.25}, "gpu: 0.125": {"cpu": 1, "gpu": 0.125},
+                     "gpu: 1": {"cpu": 1, "gpu": 1}})
+    else:  # the stand-in: fixed shares of its memory
+        arms.update({"gpu_memory: 1000MiB": {"cpu": 0.5, "gpu_memory": "1000MiB"},
+                     "gpu_memory: 4000MiB (whole)": {"cpu": 0.5, "gpu_memory": f"{STAND_IN_MIB}MiB"}})
+        arms["gpu_memory: auto"]["cpu"] = 0.5
+    measured = {}
+    for label, resources in arms.items():
+        outcome, wall = _sweep(f"g3-{len(measured)}", resources, space, trials, epochs, work)
+        bad = sum(t.status in ("failed", "infeasible") for t in outcome.trials)
+        measured[label] = {"rate": _images_per_s(outcome, wall), "wall": wall, "bad": bad}
+    whole = measured["gpu: 1" if device == "cuda" else "gpu_memory: 4000MiB (whole)"]
+    statics = {k: v for k, v in measured.items() if k != "gpu_memory: auto" and v is not whole and not v["bad"]}
+    best_static = max(statics.values(), key=lambda v: v["rate"]) if statics else None
+    auto = measured["gpu_memory: auto"]
+    judged = device == "cuda"
+    rows = []
+    for label, m in measured.items():
+        ratio = m["rate"] / whole["rate"]
+        row = {"id": "G3", "system": f"mixed sizes, {label}", "value": m["rate"], "unit": "img/s", "ratio": ratio,
+               "goal": "peer", "passed": None, "note": f"wall {m['wall']:.1f} s, {m['bad']} failed or infeasible"}
+        if label == "gpu_memory: auto":
+            beats_static = best_static is None or m["rate"] >= best_static["rate"]
+            row.update(goal=">= 1.5 x gpu: 1, >= best static, 0 failed",
+                       passed=(ratio >= 1.5 and beats_static and not m["bad"]) if judged else None)
+        rows.append(row)
+    if best_static is not None:
+        notes.append(f"G3 auto against the best static share: {auto['rate'] / best_static['rate']:.2f}x")
+    return rows
+
+
+def forced_oom(device: str, big: bool, work: Path) -> list[dict]:
+    if device == "cuda":
+        space = {"model": {"name": "resnet", "width": 128, "depth": 2}, "batch_size": 1024}
+        outcome, wall = _sweep("g4", {"cpu": 1, "gpu_memory": "2GiB"}, space, 1, 2, work)
+    else:
+        space = {"width": 16}  # tests/oom_share_trainable.py: needs 1500 (stand-in) MiB
+        outcome, wall = _sweep("g4", {"cpu": 0.5, "gpu_memory": "1000MiB"}, space, 1, 2, work,
+                               trainable="oom_share_trainable")
+    [trial] = outcome.trials
+    retries = _retries(outcome, trial)
+    return [{"id": "G4", "system": "a trial too large for its share", "value": retries, "unit": "OOM retries",
+             "ratio": 1.0, "goal": ">= 1 retry, completed", "passed": retries >= 1 and trial.status == "completed",
+             "note": f"ended {trial.status} after {retries} OOM retries, wall {wall:.1f} s"}]
+
+
+def _retries(outcome: Any, trial: Any) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(outcome.tracking_uri)
+    runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`tricksweep.trial_id` = '{trial.trial_id}'")
+    return int(runs[0].data.tags.get("tricksweep.oom_retries", 0)) if runs else 0
+
+
+def memory_given_back(device: str, work: Path) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    space = {"model": {"name": "resnet", "width": 64, "depth": 2}, "batch_size": 512 if device == "cuda" else 16}
+    resources = {"cpu": 1, "gpu": 1} if device == "cuda" else {"cpu": 0.5}
+    outcome, _ = _sweep("g5", resources, space, 2, 1, work, max_concurrent=1)
+    client = MlflowClient(outcome.tracking_uri)
+    runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = "
+                                                                     f"'{outcome.parent_run_id}'",
+                              order_by=["attributes.start_time ASC"])
+    held = [r.data.metrics.get("held_at_start_mib", float("nan")) for r in runs]
+    reused = len({r.data.metrics.get("pid") for r in runs}) == 1
+    second = held[-1]
+    return [{"id": "G5", "system": "allocator memory held when a reused actor's next trial starts",
+             "value": second, "unit": "MiB", "ratio": 1.0, "goal": "<= 8 MiB, actor reused",
+             "passed": (second <= 8 and reused) if device == "cuda" else None,
+             "note": f"held at each start: {', '.join(f'{h:.1f}' for h in held)} MiB; actor reused: {reused}"}]
 
 
 def print_table(rows: list[dict], notes: list[str]) -> None:

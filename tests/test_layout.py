@@ -19,7 +19,8 @@ PACKAGE = ROOT / "src" / "tricksweep"
 LAYERS = [
     {"errors"},
     # shipping: the user's code on a cluster (workers use it too); scaffold: tricksweep init
-    {"space", "asha", "shipping", "scaffold"},
+    # gpu: GPU memory sizes, the devices nodes advertise, a trial's memory given back, NVML sampling
+    {"space", "asha", "shipping", "scaffold", "gpu"},
     {"search"},  # the searcher registry
     {"spec"},
     {"trial"},  # the worker side
@@ -33,7 +34,8 @@ LAYERS = [
     # logged, registered, its alias moved (MLflow + torch, no Ray)
     # a recorded trial trained again in this process and compared (MLflow + torch, no Ray)
     {"preflight", "registry", "rerun"},
-    {"sources", "searchers"},  # driver side: weights shipped to nodes; Ray/Optuna search algorithms
+    # driver side: weights shipped to nodes; Ray/Optuna search algorithms; GPU memory shares and OOM retries
+    {"sources", "searchers", "gpu_shares"},
     {"callbacks"},  # Tune callbacks
     {"runner"},  # the driver
     {"extend"},  # tricksweep extend: a finished sweep continued through the driver, its lineage read back
@@ -91,7 +93,7 @@ def python(code: str) -> list[str]:
 
 
 # The engine modules a trial imports: the trial function and where the user's shipped code is.
-WORKER_SIDE = {"tricksweep", "tricksweep.trial", "tricksweep.shipping", "tricksweep.errors"}
+WORKER_SIDE = {"tricksweep", "tricksweep.trial", "tricksweep.shipping", "tricksweep.errors", "tricksweep.gpu"}
 # What the driver and the report need and a trial does not (Ray itself brings rich and pandas).
 HEAVY = ("mlflow", "optuna", "matplotlib", "sklearn")
 

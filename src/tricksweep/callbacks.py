@@ -19,9 +19,13 @@ from typing import Any
 
 from ray import tune
 
+from tricksweep.gpu import is_out_of_memory
+from tricksweep.records import INFEASIBLE
 from tricksweep.space import flatten
 from tricksweep.tracking import (
     ERROR_TAG,
+    GPU_TAG,
+    OOM_RETRIES_TAG,
     RESUMED_TAG,
     STATUS_TAG,
     SWEEP_TAG,
@@ -36,7 +40,9 @@ log = logging.getLogger(__name__)
 
 class MlflowTrials(tune.Callback):
     """Tune callback: a child run per trial with its active hyperparameters, per-epoch metrics
-    (step = epoch) and a ``tricksweep.status`` tag saying how it ended."""
+    (step = epoch) and a ``tricksweep.status`` tag saying how it ended. With ``oom_policy`` (the
+    sweep asks for GPU memory), a trial that ran out of GPU memory on a whole GPU ends
+    ``infeasible``, and each run counts its out-of-memory retries in ``tricksweep.oom_retries``."""
 
     def __init__(
         self,
@@ -48,6 +54,7 @@ class MlflowTrials(tune.Callback):
         asha: bool,
         time_limit_s: float | None,
         flush_timeout_s: float = 120.0,
+        oom_policy: bool = False,
     ):
         self.uri = uri
         self.experiment_id = experiment_id
@@ -56,6 +63,9 @@ class MlflowTrials(tune.Callback):
         self.asha = asha
         self.time_limit_s = time_limit_s
         self.flush_timeout_s = flush_timeout_s
+        self.oom_policy = oom_policy
+        self.oom_retries: dict[str, int] = {}
+        self._gpu_tagged: set[str] = set()
         self.statuses: dict[str, str] = {}
         self.error_lines: list[str] = []  # failed trials' errors in this process, in order
         self.resumed = False  # set by resume_sweep on the callback it restores
@@ -80,6 +90,7 @@ class MlflowTrials(tune.Callback):
             "statuses": dict(self.statuses),
             "last_epoch": dict(self._last_epoch),
             "started": sorted(self._started),
+            "oom_retries": dict(self.oom_retries),
         }
 
     def set_state(self, state: dict) -> None:
@@ -88,6 +99,7 @@ class MlflowTrials(tune.Callback):
         self.statuses.update(state["statuses"])
         self._last_epoch = dict(state["last_epoch"])
         self._started = set(state["started"])
+        self.oom_retries = dict(state.get("oom_retries", {}))
 
     @property
     def started_trials(self) -> set[str]:
@@ -138,6 +150,11 @@ class MlflowTrials(tune.Callback):
             return  # an epoch repeated after a restore from an older checkpoint: already recorded
         self._last_epoch[trial.trial_id] = epoch
         self.writer.submit(LogMetrics(trial.trial_id, metric_points(result, epoch, int(time.time() * 1000))))
+        if "gpu_index" in result and trial.trial_id not in self._gpu_tagged:
+            # Which GPU it ran on, for the report's GPU timeline (a retry may move it: the first one is kept).
+            self._gpu_tagged.add(trial.trial_id)
+            gpu = f"{result.get('node_ip', '')}/{int(result['gpu_index'])}"
+            self.writer.submit(SetTags(trial.trial_id, {GPU_TAG: gpu}))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         out_of_time = self.time_limit_s is not None and time.monotonic() - self._started_at >= self.time_limit_s
@@ -146,8 +163,11 @@ class MlflowTrials(tune.Callback):
         self._finish(trial, status, tags, "FINISHED")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.writer.submit(SetTags(trial.trial_id,
-                                   {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}))
+        tags = {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}
+        if self.oom_policy and is_out_of_memory(error_line(trial)):
+            self.oom_retries[trial.trial_id] = self.oom_retries.get(trial.trial_id, 0) + 1
+            tags[OOM_RETRIES_TAG] = str(self.oom_retries[trial.trial_id])
+        self.writer.submit(SetTags(trial.trial_id, tags))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self._started:
@@ -156,6 +176,11 @@ class MlflowTrials(tune.Callback):
             # max_failures says. The trial still gets its child run, to say so.
             self.on_trial_start(iteration, trials, trial)
         line = error_line(trial)
+        if self.oom_policy and is_out_of_memory(line):
+            # OOM retries stop at a whole GPU (gpu_shares.MemoryShares): the configuration does not fit.
+            tags = {ERROR_TAG: line, OOM_RETRIES_TAG: str(self.oom_retries.get(trial.trial_id, 0))}
+            self._finish(trial, INFEASIBLE, tags, "FAILED")
+            return
         self.error_lines.append(line)
         self._finish(trial, "failed", {ERROR_TAG: line}, "FAILED")
 
@@ -231,8 +256,11 @@ class RepeatedErrors(tune.Callback):
     only the driver can see) stops the sweep at once, whatever ended before: every trial placed
     where those files are missing would fail the same way. ``limit`` 0: never stop."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, *, oom_policy: bool = False):
         self.limit = limit
+        # With the OOM policy an out-of-memory end is a configuration too large (infeasible), not a
+        # broken sweep: it neither counts toward the stop nor turns the check off.
+        self.oom_policy = oom_policy
         self.armed = limit > 0  # still watching: every trial that ended so far failed alike
         self.failures: list[tuple[str, str]] = []  # (trial name, error line) while armed
         self.stop_line: str | None = None  # the error that stopped the sweep
@@ -253,6 +281,8 @@ class RepeatedErrors(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         line = error_line(trial) if self.armed or self.limit > 0 else ""
+        if getattr(self, "oom_policy", False) and is_out_of_memory(line):  # getattr: sweeps pickled before it
+            return
         if self.limit > 0 and self.stop_line is None and _files_unavailable(line):
             self.failures, self.armed, self.stop_line = [(trial_name(trial.trial_id), line)], False, line
             return
@@ -341,6 +371,10 @@ class Progress(tune.Callback):
             self._held.clear()  # the sweep stops: its message says it once
             return
         failure = (trial_name(trial.trial_id), error_line(trial))
+        if self.tracker.statuses.get(trial.trial_id) == INFEASIBLE:
+            self._show_held()
+            self.echo(f"  {failure[0]} infeasible: out of GPU memory on a whole GPU ({failure[1][:120]})")
+            return
         if self.errors is not None and self.errors.armed:
             self._held.append(failure)
             return

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tricksweep.records import TrialRecord
+from tricksweep.records import INFEASIBLE, TrialRecord
 
 
 @dataclass
@@ -60,7 +60,8 @@ def rank(trials: list[TrialRecord], metric: str, mode: str, *, repeats: bool) ->
     better = max if mode == "max" else min
     rows = []
     for members in groups.values():
-        scored = [(t, *t.best(metric, mode)) for t in members]
+        # An infeasible trial's epochs before it ran out of GPU memory are no result: it is never best.
+        scored = [(t, *(t.best(metric, mode) if t.status != INFEASIBLE else (None, 0))) for t in members]
         with_value = [s for s in scored if s[1] is not None]
         best = better(with_value, key=lambda s: s[1]) if with_value else scored[0]
         params = {k: v for k, v in members[0].params.items() if k != "seed"}

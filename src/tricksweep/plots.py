@@ -1,5 +1,5 @@
 """The report's plots (PNG, matplotlib's Agg backend): learning curves, train vs validation loss,
-ASHA rungs, effect bars. Each raises ValueError when its data cannot make a plot.
+ASHA rungs, effect bars, the GPU timeline. Each raises ValueError when its data cannot make a plot.
 
     plot_learning_curves(load_sweep(uri, "quickstart"), Path("curves.png"))
 """
@@ -140,6 +140,41 @@ def plot_effects(found: list[Effect], metric: str, path: Path) -> None:
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"{metric}: option minus the other options{unit} (95% bootstrap interval)")
     ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gpu_timeline(spans: list[Any], path: Path) -> None:
+    """One row per GPU: a bar per trial over the time it ran there (lanes where trials shared it),
+    shaded by its mean utilisation, and the device's memory in use (share of its total) over time."""
+    import matplotlib.pyplot as plt
+
+    if not spans:
+        raise ValueError("no trial recorded GPU use")
+    gpus = sorted({s.gpu for s in spans})
+    origin = min(s.start_s for s in spans)
+    fig, axes = plt.subplots(len(gpus), 1, figsize=(8, 1.2 + 1.3 * len(gpus)), sharex=True, squeeze=False)
+    for ax, gpu in zip(axes[:, 0], gpus, strict=True):
+        mine = sorted((s for s in spans if s.gpu == gpu), key=lambda s: s.start_s)
+        lanes: list[float] = []  # each lane's end time: a trial takes the first lane free at its start
+        for span in mine:
+            lane = next((i for i, end in enumerate(lanes) if end <= span.start_s), len(lanes))
+            lanes[lane:lane + 1] = [span.end_s]
+            shade = plt.cm.viridis((span.utilization or 0.0) / 100)
+            ax.barh(lane, (span.end_s - span.start_s) / 60, left=(span.start_s - origin) / 60, color=shade,
+                    edgecolor="k", lw=0.4)
+            ax.text((span.start_s - origin) / 60, lane, f" {span.trial}", va="center", fontsize=6)
+        full = ax.twinx()
+        points = sorted((t, used / total) for s in mine for t, used, total in s.memory if total)
+        if points:
+            full.plot([(t - origin) / 60 for t, _ in points], [f for _, f in points], "r.-", lw=0.8, ms=3)
+        full.set_ylim(0, 1.05)
+        full.set_ylabel("memory used", fontsize=7, color="r")
+        ax.set_ylabel(gpu, fontsize=7)
+        ax.set_yticks([])
+    axes[-1, 0].set_xlabel("minutes since the first GPU trial started (bar shade: utilisation, yellow = 100%)")
+    fig.suptitle("GPU timeline: trials sharing each GPU, and how full it was")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# A trial out of GPU memory on a whole GPU: its configuration does not fit (never the best).
+INFEASIBLE = "infeasible"
 # Statuses of trials that give no result: left out of effects, importance and claims.
-NO_RESULT = ("failed", "lost", "running", "")
+NO_RESULT = ("failed", INFEASIBLE, "lost", "running", "")
 # On the parent run of `tricksweep extend`: the parent run it extends, and every parent run before it
 # (comma-separated, oldest first): the lineage.
 EXTENDS_TAG = "tricksweep.extends"

@@ -99,6 +99,9 @@ def _draw(sweep: RecordedSweep, found: list[Effect], out: Path) -> tuple[dict[st
     }
     if sweep.asha:
         makers["asha_rungs"] = lambda p: plots.plot_asha(sweep, p)
+    spans = gpu_spans(sweep)
+    if spans:  # only sweeps whose trials ran on GPUs (NVML recorded them)
+        makers["gpu_timeline"] = lambda p: plots.plot_gpu_timeline(spans, p)
     try:
         import matplotlib
 
@@ -116,6 +119,47 @@ def _draw(sweep: RecordedSweep, found: list[Effect], out: Path) -> tuple[dict[st
         except Exception as err:  # noqa: BLE001 - a plot that cannot be drawn is skipped, with the reason
             errors[key] = f"{type(err).__name__}: {err}"
     return made, errors
+
+
+@dataclass
+class GpuSpan:
+    """A trial's time on a GPU, read back from its child run (tags and NVML's per-epoch metrics)."""
+
+    gpu: str  # node_ip/index
+    trial: str
+    start_s: float
+    end_s: float
+    utilization: float | None  # mean over its epochs, %
+    memory: list[tuple[float, float, float]]  # (time s, device MiB used, device MiB total) per epoch
+
+
+def gpu_spans(sweep: RecordedSweep) -> list[GpuSpan]:
+    """Every trial that recorded which GPU it ran on, with its times and NVML's readings (one search
+    for the sweep's GPU trials: a CPU sweep costs no more)."""
+    from tricksweep.tracking import GPU_TAG, PARENT_TAG, open_client
+
+    client = open_client(sweep.uri)
+    experiment = client.get_run(sweep.parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], max_results=50000, filter_string=(
+        f"tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' and tags.`{GPU_TAG}` LIKE '%'"))
+    names = {t.run_id: t.name for t in sweep.trials}
+    spans = []
+    for run in runs:
+        if run.info.run_id not in names:
+            continue  # not a trial of the sweep (a rerun)
+        run_id = run.info.run_id
+        used = _history(client, run_id, "gpu_device_memory_used_mib")
+        total = {point.step: point.value for point in _history(client, run_id, "gpu_device_memory_total_mib")}
+        util = [point.value for point in _history(client, run_id, "gpu_utilization")]
+        end = run.info.end_time or max((point.timestamp for point in used), default=run.info.start_time)
+        spans.append(GpuSpan(run.data.tags[GPU_TAG], names[run_id], run.info.start_time / 1000, end / 1000,
+                             sum(util) / len(util) if util else None,
+                             [(point.timestamp / 1000, point.value, total.get(point.step, 0.0)) for point in used]))
+    return sorted(spans, key=lambda span: (span.gpu, span.start_s))
+
+
+def _history(client: Any, run_id: str, key: str) -> list:
+    return sorted(client.get_metric_history(run_id, key), key=lambda point: point.step)
 
 
 # Fits a laptop screen: fixed-layout tables at the page's width, long settings wrap in their cell.

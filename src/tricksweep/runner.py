@@ -34,6 +34,8 @@ from tricksweep import leaderboard, preflight, registry, search, shipping
 from tricksweep import space as dsl
 from tricksweep.callbacks import MlflowTrials, Progress, RepeatedErrors
 from tricksweep.errors import RAY_TOKEN_FIX, SpecError
+from tricksweep.gpu import RESOURCE as GPU_MEMORY
+from tricksweep.gpu import DeviceLayout, local_gpu_memory_mib
 from tricksweep.leaderboard import ConfigRow
 from tricksweep.records import TrialRecord
 from tricksweep.searchers import pending_trials_limit
@@ -135,9 +137,10 @@ def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
     return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
 
 
-def trial_trainable(loaded: LoadedSpec) -> Any:
+def trial_trainable(loaded: LoadedSpec, layout: DeviceLayout | None = None) -> Any:
     """``run_trial`` with the trainable's import string and folders, the spec's fixed inputs, the
-    weights files its space names, and per-trial resources attached."""
+    weights files its space names, and per-trial resources attached (with ``resources.gpu_memory``:
+    the share every trial starts with on the cluster's ``layout``, before ``MemoryShares`` sizes it)."""
     spec, trainable = loaded.spec, loaded.trainable
     ctx = TrialContext(
         module=trainable.module,
@@ -146,21 +149,46 @@ def trial_trainable(loaded: LoadedSpec) -> Any:
         metric=None if trainable.metrics is not None else spec.metric,  # declared ones were checked by load_spec
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
+        gpu_memory=spec.resources.gpu_memory is not None,
         sources=shipped_files(loaded.space),
         **fixed_inputs(spec),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
+    if spec.resources.gpu_memory is not None:
+        layout = layout or gpu_layout(spec)
+        start_mib = spec.resources.gpu_memory_mib or layout.device_mib  # auto: a whole device until measured
+        resources = layout.share(start_mib, cpus=spec.resources.cpu, custom=spec.resources.custom)
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+def gpu_layout(spec: SweepSpec) -> DeviceLayout:
+    """The GPUs the running cluster advertises, checked against ``resources.gpu_memory`` (one line
+    when no node advertises GPU memory, or the request exceeds the smallest GPU)."""
+    layout = DeviceLayout.from_cluster()
+    field = f"resources.gpu_memory = {spec.resources.gpu_memory!r}"
+    if layout is None:
+        raise SpecError(f"{field}: no node of the Ray cluster advertises `{GPU_MEMORY}` (local Ray does when "
+                        f"it sees a GPU; on a cluster, `ray start --resources` as in cluster.yaml)")
+    if spec.max_failures < 0:
+        raise SpecError(f"max_failures = {spec.max_failures}: with resources.gpu_memory a trial out of memory on a "
+                        "whole GPU would be retried forever; give a number of retries (OOM retries are not counted)")
+    request = spec.resources.gpu_memory_mib
+    if request is not None and request > layout.device_mib:
+        raise SpecError(f"{field}: {request} MiB, but must be `gpu_memory <= {layout.device_mib}MiB`, the "
+                        f"memory of the cluster's smallest GPU")
+    return layout
 
 
 def callbacks(spec: SweepSpec, parent: ParentRun, echo: Callable[[str], None]) -> list[tune.Callback]:
     """The MLflow child runs, the stop on repeated errors and the console progress (in that
     order: each reads what the ones before it recorded of a trial's end)."""
+    oom_policy = spec.resources.gpu_memory is not None
     tracker = MlflowTrials(
         parent.uri, parent.experiment_id, parent.run_id,
         max_epochs=spec.budget.max_epochs, asha=isinstance(spec.scheduler, Asha), time_limit_s=spec.budget.time_limit_s,
+        oom_policy=oom_policy,
     )
-    errors = RepeatedErrors(spec.stop_on_repeated_errors)
+    errors = RepeatedErrors(spec.stop_on_repeated_errors, oom_policy=oom_policy)
     return [tracker, errors, Progress(spec.metric, spec.mode, tracker, errors, echo)]
 
 
@@ -181,8 +209,19 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
             reduction_factor=spec.scheduler.reduction_factor,
         )
     search_alg, num_samples, param_space = search.build(loaded.space, spec, history)
+    layout = None
+    if spec.resources.gpu_memory is not None:
+        from ray.tune.schedulers import FIFOScheduler
+
+        from tricksweep.gpu_shares import MemoryShares
+
+        layout = gpu_layout(spec)
+        scheduler = MemoryShares(
+            scheduler or FIFOScheduler(), layout, request_mib=spec.resources.gpu_memory_mib,
+            cpus=spec.resources.cpu, custom=spec.resources.custom, max_failures=spec.max_failures,
+        )
     return tune.Tuner(
-        trial_trainable(loaded),
+        trial_trainable(loaded, layout),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=spec.metric,
@@ -303,9 +342,13 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
     if address in (None, "local"):
         # A private in-process cluster: token auth protects nothing here and breaks on a stale token.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    local = address in (None, "local")
+    gpu_memory = local_gpu_memory_mib() if local else 0
     ray.init(
         address=address or "local",
-        num_cpus=cpus if address in (None, "local") else None,
+        num_cpus=cpus if local else None,
+        # Local Ray advertises its GPUs' memory as a cluster's nodes do at `ray start` (gpu.py).
+        resources={GPU_MEMORY: gpu_memory} if gpu_memory else None,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
@@ -393,7 +436,7 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
             signals.install()  # ray.init put its own SIGTERM handler in place (it prints a stack and aborts)
             tuner = make_tuner()
             tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
-            with pending_trials_limit(spec), signals.fitting():
+            with pending_trials_limit(spec), _one_pending_for_auto_memory(spec), signals.fitting():
                 results = tuner.fit()
     except BaseException as err:
         if tracker is not None:
@@ -411,6 +454,22 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
             ray.shutdown()
     errors = next((c for c in _callbacks(tuner) if isinstance(c, RepeatedErrors)), None)
     return results, tracker, errors, signals.received
+
+
+@contextlib.contextmanager
+def _one_pending_for_auto_memory(spec: SweepSpec) -> Iterator[None]:
+    """With ``gpu_memory: auto`` a trial is sized when Tune creates it (``MemoryShares.on_trial_add``):
+    Tune creating one trial at a time, as a place frees, sizes each with what earlier trials of its
+    shape measured, instead of sizing a queue of them all at a whole GPU before anything is measured."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if spec.resources.gpu_memory != "auto" or key in os.environ:
+        yield
+        return
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 # Ray's lines that would contradict ours or name the wrong command: Tune's "interrupted, resume

@@ -61,7 +61,41 @@ class NoScheduler(Strict):
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs per trial; also the trial's torch threads")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions pack several trials on one GPU")
+    gpu_memory: str | None = Field(
+        None,
+        description="GPU memory per trial instead of a fraction, packing trials by what they use: a size "
+        "(12GiB, 800MiB; binary units) asked of every trial, or `auto`: the first trial of each configuration "
+        "shape (every sampled value but floats and the seed) runs on a whole GPU and its first epoch's peak "
+        "(torch max_memory_reserved + CUDA context + 10%) becomes the need of the shape's later trials. "
+        "Nodes advertise gpu_memory_mib (cluster.yaml, local Ray with CUDA); a trial out of GPU memory is "
+        "retried from its last checkpoint with twice its share, up to a whole GPU, then ends `infeasible`",
+    )
     custom: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per trial, e.g. {spot: 1}")
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _memory_size(cls, value: str | None) -> str | None:
+        from tricksweep.gpu import parse_size
+
+        if value is not None and value != "auto":
+            parse_size(value)  # ValueError: the rule, shown with the field and value
+        return value
+
+    @model_validator(mode="after")
+    def _memory_or_fraction(self) -> Resources:
+        if self.gpu_memory is not None and self.gpu > 0:
+            raise ValueError("give `gpu` or `gpu_memory`, not both: with gpu_memory the GPU fraction follows "
+                             "from the memory asked for")
+        if self.gpu_memory is not None and "gpu_memory_mib" in self.custom:
+            raise ValueError("custom.gpu_memory_mib is what gpu_memory asks for; give gpu_memory only")
+        return self
+
+    @property
+    def gpu_memory_mib(self) -> int | None:
+        """The fixed request in MiB; None for `auto` or without gpu_memory."""
+        from tricksweep.gpu import parse_size
+
+        return parse_size(self.gpu_memory) if self.gpu_memory not in (None, "auto") else None
 
 
 class Tracking(Strict):

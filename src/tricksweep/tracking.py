@@ -34,6 +34,8 @@ ERROR_TAG = "tricksweep.error"  # one line: why a trial or sweep failed
 CODE_PATHS_TAG = "tricksweep.code_paths"  # folders user code was imported from (os.pathsep-joined), for resume
 SWEEP_TAG = "tricksweep.sweep"
 RESUMED_TAG = "tricksweep.resumed"
+OOM_RETRIES_TAG = "tricksweep.oom_retries"  # times a trial was retried with a larger GPU memory share
+GPU_TAG = "tricksweep.gpu"  # node_ip/gpu index a GPU trial ran on (the report's GPU timeline)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # Keys Tune adds to every result; they are bookkeeping, not the trainable's metrics.
 TUNE_KEYS = frozenset(
@@ -118,7 +120,8 @@ def end_status(last: dict | None, *, max_epochs: int, asha: bool, out_of_time: b
 
 def run_status(status: str) -> str:
     """The MLflow run status of a child run that ended with tricksweep ``status``."""
-    return {"failed": "FAILED", "interrupted": "KILLED", "lost": "KILLED"}.get(status, "FINISHED")
+    ended = {"failed": "FAILED", "infeasible": "FAILED", "interrupted": "KILLED", "lost": "KILLED"}
+    return ended.get(status, "FINISHED")
 
 
 def exception_line(err: BaseException, limit: int = 500) -> str:

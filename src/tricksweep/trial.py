@@ -18,6 +18,7 @@ from typing import Any
 from ray import tune
 
 from trainables.report import TrialInfo
+from tricksweep import gpu
 from tricksweep.shipping import shipped_code_dirs
 
 
@@ -38,6 +39,7 @@ class TrialContext:
     module: str  # the trainable's module, resolved on the driver (workers need no registry)
     cpus: float
     gpus: float
+    gpu_memory: bool = False  # resources.gpu_memory: the share (and GPU fraction) is the trial's resources
     function: str | None = None  # a function trainable's name in ``module``; None: the module's train
     # Folders the driver imported user code from, put on the worker's sys.path on local Ray; on a
     # cluster, where they need not exist, the runtime env's copies of them are (shipping.py).
@@ -52,9 +54,10 @@ class TrialContext:
 class TuneReport:
     """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API."""
 
-    def __init__(self, info: TrialInfo, metric: str | None = None):
+    def __init__(self, info: TrialInfo, metric: str | None = None, usage: gpu.UsageSampler | None = None):
         self.info = info
         self._unchecked_metric = metric
+        self._usage = usage  # NVML's view of the trial's GPU, added to each epoch's metrics
 
     def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None,
                  end: str | None = None) -> None:
@@ -64,8 +67,11 @@ class TuneReport:
                 raise ValueError(f"metric '{self._unchecked_metric}' was not reported; "
                                  f"reported: {', '.join(metrics) or '(none)'}")
             self._unchecked_metric = None
+        usage = {}
+        if self.info.device == "cuda":  # NVML's readings where it is there; torch's peak always
+            usage = self._usage.epoch_metrics() if self._usage is not None else gpu.allocator_peak()
         tune.report(
-            {**metrics, "epoch": epoch, "end": end or ""},
+            {**metrics, **usage, "epoch": epoch, "end": end or ""},
             checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
         )
 
@@ -89,17 +95,42 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             sys.path.insert(0, folder)
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
     trainable = load(f"{ctx.module}:{ctx.function}" if ctx.function else ctx.module)
+    gpu.release_memory()  # a reused actor: what the previous trial left in torch's cache goes back
+    share = _memory_share() if ctx.gpu_memory else None
+    if share is not None:
+        os.environ[gpu.SHARE_ENV] = str(share)  # the trial's share in MiB, for code that sizes itself by it
     device = "cpu"
-    if ctx.gpus > 0:
+    if ctx.gpus > 0 or (share is not None and _assigned_gpus()):
         # Ray set CUDA_VISIBLE_DEVICES to the GPU it assigned (shared when gpu < 1): it is cuda:0 here.
         if not torch.cuda.is_available():
             raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
         device = "cuda"
+        if share is not None:
+            gpu.limit_to_share(share)
     sampled = dict(localize(config, ctx.sources))
     seed = sampled.pop("seed", 0)
     data = {**ctx.data, **sampled.pop("data", {})}  # space.data sweeps dataset fields
     info = TrialInfo(epochs=ctx.epochs, seed=seed, device=device, checkpoint_every=ctx.checkpoint_every, data=data)
-    trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric))
+    usage = gpu.UsageSampler.start() if device == "cuda" else None
+    try:
+        trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric, usage))
+    finally:
+        if usage is not None:
+            usage.stop()
+        gpu.release_memory()  # the trial's model and batches are unreachable now: its memory goes back
+
+
+def _assigned_gpus() -> bool:
+    import ray
+
+    return bool(ray.get_gpu_ids())  # none on nodes where gpu_memory_mib stands in for a GPU
+
+
+def _memory_share() -> int | None:
+    """The GPU memory (MiB) Tune gave this trial: it changes when an OOM retry grows it."""
+    resources = tune.get_context().get_trial_resources()
+    share = resources.required_resources.get(gpu.RESOURCE) if resources is not None else None
+    return int(share) if share else None
 
 
 def localize(config: dict[str, Any], files: dict[str, ShippedFile]) -> dict[str, Any]:
