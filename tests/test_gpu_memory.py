@@ -197,14 +197,16 @@ def test_trials_pack_by_memory_and_out_of_memory_is_retried_with_a_larger_share(
     rows = Path(board).read_text().splitlines()[1:]
     assert all(",infeasible," in row for row in rows[-len(infeasible):]), rows  # ranked last, with no value
 
-    # TPE is told the infeasible configurations failed: Optuna's FAIL state on their study trials.
+    # TPE is told the infeasible configurations are infeasible: PRUNED with a violated constraint,
+    # which TPE's split puts in its "bad" group (a FAIL it would ignore).
     [state] = Path(outcome["experiment_path"]).glob("searcher-state-*.pkl")
     searcher = pickle.loads(state.read_bytes())  # OptunaRepeats' state as Tune saved it
     study = searcher["inner"]._ot_study
     for trial_id in infeasible:
         group = searcher["group_of"][trial_id]
-        assert searcher["told"][group] == "FAIL"
-        assert study.trials[searcher["inner"]._ot_trials[group].number].state.name == "FAIL"
+        assert searcher["told"][group] == "INFEASIBLE"
+        told = study.trials[searcher["inner"]._ot_trials[group].number]
+        assert told.state.name == "PRUNED" and told.constraints == {"gpu_memory": 1.0}, told
 
 
 def test_the_report_draws_a_gpu_timeline_only_from_trials_that_recorded_gpu_use(tmp_path: Path, new_store):

@@ -9,6 +9,7 @@ FIFO), sizes each trial's GPU memory share and doubles it after a CUDA out-of-me
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune.schedulers import TrialScheduler
@@ -45,6 +46,9 @@ class MemoryShares(TrialScheduler):
         self.oom_retries: dict[str, int] = {}
         self.needs: dict[str, int] = {}  # auto: shape -> MiB measured (or grown by an OOM)
         self._sized: set[str] = set()
+        # Told each trial that ends out of memory on a whole GPU, before the searcher hears of its end
+        # (Tune calls the scheduler's on_trial_error first): the searcher's mark_infeasible.
+        self.infeasible_listener: Callable[[str], None] | None = None
 
     @property
     def metric(self) -> str | None:
@@ -79,15 +83,17 @@ class MemoryShares(TrialScheduler):
         from ray.tune.experiment import Trial
 
         # ERROR here: Tune stopped it and will requeue it (a retry); RUNNING: it is ending for good.
-        if trial.status == Trial.ERROR and is_out_of_memory(trial_error_text(trial)):
+        if is_out_of_memory(trial_error_text(trial)):
             share = share_of(trial)
-            if share < self.layout.device_mib:
+            if trial.status == Trial.ERROR and share < self.layout.device_mib:
                 grown = min(self.layout.device_mib, 2 * share)
                 self.oom_retries[trial.trial_id] = self.oom_retries.get(trial.trial_id, 0) + 1
                 self._resize(trial, grown)
                 if self.request_mib is None:
                     key = shape_key(trial.config)
                     self.needs[key] = max(self.needs.get(key, 0), grown)
+            elif share >= self.layout.device_mib and self.infeasible_listener is not None:
+                self.infeasible_listener(trial.trial_id)
         self.base.on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -111,7 +117,7 @@ class MemoryShares(TrialScheduler):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as out:
-            pickle.dump(self.__dict__, out)
+            pickle.dump({k: v for k, v in self.__dict__.items() if k != "infeasible_listener"}, out)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as saved:

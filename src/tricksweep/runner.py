@@ -220,6 +220,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
             scheduler or FIFOScheduler(), layout, request_mib=spec.resources.gpu_memory_mib,
             cpus=spec.resources.cpu, custom=spec.resources.custom, max_failures=spec.max_failures,
         )
+        scheduler.infeasible_listener = getattr(search_alg, "mark_infeasible", None)
     return tune.Tuner(
         trial_trainable(loaded, layout),
         param_space=param_space,

@@ -20,7 +20,11 @@ tell Optuna only once all repeats of a configuration ended, and decide on purpos
   the mean running-best metric per epoch as intermediate values up to the last epoch all its
   repeats reached. Optuna's TPE ranks pruned trials below every completed one, and among
   themselves by how far they got, then by their value there: ASHA's verdict is kept;
-- any repeat failed (an error): ``FAIL`` (TPE ignores it).
+- any repeat failed (an error): ``FAIL`` (TPE ignores it);
+- any repeat out of GPU memory on a whole GPU (``resources.gpu_memory``, told by
+  ``gpu_shares.MemoryShares`` through ``mark_infeasible``): ``PRUNED`` with a violated constraint
+  (``Trial.set_constraint``). TPE sorts such trials into its "bad" group whatever their value,
+  so it stops proposing their neighbours; a plain ``FAIL`` would leave TPE blind to them.
 
 **Reproducibility.** Every sampler is seeded by the sweep's ``seed``: random and grid sweeps
 repeat exactly; TPE's first ``n_startup_trials`` (random) suggestions repeat exactly, and later
@@ -273,6 +277,7 @@ class OptunaRepeats(_EpochCounter, Searcher):
         self.priors_told = 0  # earlier configurations added to the study (extend)
         self.priors_outside = 0  # ... left out: not a point of this space
         self.duplicates = 0  # suggestions dropped: their configuration had run
+        self.infeasible: set[str] = set()  # trials out of GPU memory on a whole GPU
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         import optuna
@@ -368,7 +373,15 @@ class OptunaRepeats(_EpochCounter, Searcher):
         if len(group.results) == self.repeats:
             self._tell(group_id, group)
 
+    def mark_infeasible(self, trial_id: str) -> None:
+        self.infeasible.add(trial_id)
+
     def _tell(self, group_id: str, group: _Group) -> None:
+        if group.errors & self.infeasible:
+            self.inner._ot_trials[group_id].set_constraint("gpu_memory", 1.0)  # > 0: violated
+            self.inner.on_trial_complete(group_id, None)  # no value, no error: PRUNED
+            self.told[group_id] = "INFEASIBLE"
+            return
         if group.errors:
             self.inner.on_trial_complete(group_id, None, error=True)
             self.told[group_id] = "FAIL"
