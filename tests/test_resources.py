@@ -36,6 +36,7 @@ metric: val_accuracy
 mode: max
 budget: {{trials: 8, max_epochs: 6}}
 scheduler: {{type: none}}
+registry: false
 resources: {{cpu: 0.25, custom: {{accel: {share}}}}}
 max_concurrent_trials: {"null" if max_concurrent is None else max_concurrent}
 space:

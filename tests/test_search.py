@@ -154,6 +154,7 @@ scheduler: {type: none}
 searcher: optuna_tpe
 repeats: 2
 seed: 1
+registry: false
 space:
   model: {name: mlp, width: 16, depth: 1}
   batch_size: 256
