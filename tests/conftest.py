@@ -199,3 +199,14 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def unregistered(spec: object):
+    """``load_spec(spec)`` with ``registry: false``, for a sweep whose subject is not the model registry
+    (tests/test_registry.py has its own). Registering a classifier sweep's best model costs about 4 CPU-s
+    (torch._dynamo's import for the pt2 export, MLflow's requirements inference) in the driver."""
+    from tricksweep.spec import load_spec
+
+    loaded = load_spec(spec)
+    loaded.spec.registry = None
+    return loaded

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from tricksweep.asha import expected_epochs as asha_expected_epochs
 from tricksweep.asha import rungs as asha_rungs
 from tricksweep.cli import main
-from tricksweep.tracking import resolve_tracking_uri
+from tricksweep.tracking import PARENT_TAG, STATUS_TAG, resolve_tracking_uri
 
 
 def test_run_smoke_from_a_users_folder(ray_local, in_tmp: Path, capsys):
@@ -25,7 +25,12 @@ def test_run_smoke_from_a_users_folder(ray_local, in_tmp: Path, capsys):
     client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("quickstart")
     assert experiment.artifact_location == (in_tmp / "mlruns" / "quickstart").as_uri()
-    assert len(client.search_runs([experiment.experiment_id])) == 3  # parent + 2 trials
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3  # parent + 2 trials
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert len(children) == 2  # both ended with a status, no error, and reported the metric
+    assert all(r.data.tags.get(STATUS_TAG) not in (None, "failed") and "val_accuracy" in r.data.metrics
+               for r in children)
     # The report follows the run: 2 trials give a leaderboard and say effects are not estimable.
     assert "effects not estimable: 2 finished trials (need at least 5)" in out
     assert (in_tmp / "reports" / "quickstart" / "report.html").exists()

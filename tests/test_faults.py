@@ -29,6 +29,7 @@ budget: {{trials: 6, max_epochs: {EPOCHS}}}
 scheduler: {{type: none}}
 max_failures: 3
 seed: 5
+registry: false  # not this test's subject (test_registry.py), ~4 CPU-s per sweep
 space:
   model: {{name: cnn, width: 16}}
   optimizer: {{name: adam, lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}

@@ -227,7 +227,9 @@ def run_rejected(user_folder: Path, capsys, spec: str, *expected: str, args: tup
 def test_storage_that_is_a_file(user_folder: Path, capsys):
     (user_folder / "taken").write_text("")
     run_rejected(user_folder, capsys, BASE + "storage: taken\n", "storage = ", "taken'", "a file, not a folder")
-    run_rejected(user_folder, capsys, BASE, "storage = ", "taken/sub", "is a file, not a folder",
+    # The value echoed is the absolute path, cut at 80 characters: under xdist (popen-gw1/) the tmp path
+    # is long enough to cut "taken/sub" off, so the check is on the part that names the file in the way.
+    run_rejected(user_folder, capsys, BASE, "storage = ", "/taken' is a file, not a folder",
                  args=("--storage", "taken/sub"))
 
 

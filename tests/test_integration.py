@@ -21,6 +21,7 @@ mode: max
 budget: {trials: 10, max_epochs: 6}
 scheduler: {type: asha, grace_epochs: 1, reduction_factor: 2}
 seed: 7
+registry: false  # the registry has tests of its own (test_registry.py)
 space:
   model: {name: mlp, width: 32, depth: 1}
   batch_size: 128

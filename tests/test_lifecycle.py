@@ -30,6 +30,7 @@ mode: max
 budget: {trials: 8, max_epochs: 12}
 scheduler: {type: asha, grace_epochs: 2, reduction_factor: 2}
 seed: 1
+registry: false  # not this test's subject (test_registry.py), ~4 CPU-s at the resume's end
 space:
   model: {name: cnn, width: 16}
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import synthetic_data
 import torch
-from conftest import ROOT, write_spec
+from conftest import ROOT, unregistered, write_spec
 from mlflow.tracking import MlflowClient
 
 from trainables import data
@@ -52,7 +52,7 @@ def swept(project: Path, sweep: str) -> tuple[object, list]:
     from tricksweep import run_sweep
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    outcome = run_sweep(f"sweeps/{sweep}", tracking_uri=uri, echo=lambda _: None)
+    outcome = run_sweep(unregistered(f"sweeps/{sweep}"), tracking_uri=uri, echo=lambda _: None)
     client = MlflowClient(uri)
     children = [r for r in client.search_runs([outcome.experiment_id]) if r.data.tags.get(PARENT_TAG)]
     return outcome, children

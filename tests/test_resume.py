@@ -25,6 +25,7 @@ mode: max
 budget: {trials: 6, max_epochs: 16}
 scheduler: {type: none}
 seed: 3
+registry: false  # not this test's subject (test_registry.py), ~4 CPU-s at the resume's end
 space:
   model: {name: cnn, width: 32}
   optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}

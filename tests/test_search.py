@@ -154,6 +154,7 @@ scheduler: {type: none}
 searcher: optuna_tpe
 repeats: 2
 seed: 1
+registry: false
 space:
   model: {name: mlp, width: 16, depth: 1}
   batch_size: 256
@@ -254,7 +255,10 @@ def test_every_registered_searcher_runs_a_conditional_space(name, ray_local, tmp
     tuner = tune.Tuner(
         _score,
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=num_samples),
+        # reuse_actors: a new actor is a new worker process importing this module (Ray's default: up
+        # to 12 of them here); the searcher's contract is the same on 2 reused ones.
+        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=num_samples,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name=name, verbose=0),
     )
     results = list(tuner.fit())

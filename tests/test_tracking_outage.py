@@ -30,6 +30,7 @@ mode: max
 budget: {trials: 8, max_epochs: 20}
 scheduler: {type: none}
 seed: 11
+registry: false  # not this test's subject (test_registry.py), ~4 CPU-s at the sweep's end
 space:
   model: {name: cnn, width: 16}
   batch_size: 32
