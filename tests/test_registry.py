@@ -116,6 +116,13 @@ def test_alias_moves_only_on_improvement(store, capsys):
     assert len(tags["tricksweep.spec_hash"]) == 16
     assert "tricksweep.git_commit" in tags
     assert mlflow.get_run(good.parent_run_id).data.tags["tricksweep.registered_model"] == f"{NAME}/2"
+    # The logged model belongs to the sweep's experiment (its files under the sweep's artifact root),
+    # not to MLflow's Default experiment in ./mlruns of whatever folder the sweep ran from.
+    source = mlflow.get_model_version(NAME, "2").source
+    assert source.startswith("models:/m-"), source
+    logged = mlflow.get_logged_model(source.removeprefix("models:/"))
+    assert logged.experiment_id == good.experiment_id
+    assert logged.artifact_location.startswith(mlflow.get_experiment(good.experiment_id).artifact_location)
     # A second `register` of the same sweep registers nothing new.
     assert register_best(uri, good.parent_run_id, echo=lambda _: None).version == "2"
     assert len(mlflow.search_model_versions(f"name = '{NAME}'")) == 3

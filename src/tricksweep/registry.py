@@ -198,7 +198,7 @@ def _log_and_register(uri: str, parent_run_id: str, name: str, served: Served, l
         inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *served.example.shape[1:]))]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, probabilities.shape[1]))]),
     )
-    with _global_tracking_uri(uri):
+    with _global_tracking_uri(uri, experiment_id=open_client(uri).get_run(parent_run_id).info.experiment_id):
         info = mlflow.pytorch.log_model(
             served.module,
             name=ARTIFACT_NAME,
@@ -226,20 +226,28 @@ def _log_and_register(uri: str, parent_run_id: str, name: str, served: Served, l
 
 
 @contextlib.contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
-    """``uri`` as MLflow's global tracking URI while ``log_model`` runs (it has no URI argument),
-    then exactly what was there before. The registry follows the tracking URI unless
-    MLFLOW_REGISTRY_URI says otherwise, and then every client here follows that too."""
+def _global_tracking_uri(uri: str, experiment_id: str) -> Iterator[None]:
+    """``uri`` as MLflow's global tracking URI and ``experiment_id`` as its experiment while
+    ``log_model`` runs (it takes neither as an argument), then exactly what was there before. The
+    registry follows the tracking URI unless MLFLOW_REGISTRY_URI says otherwise, and then every
+    client here follows that too. Without the experiment, MLflow 3 files the logged model under
+    the Default experiment (no run is active) and writes its files to ./mlruns of the current folder."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     # Restoring an unset URI also unsets MLFLOW_TRACKING_URI in os.environ: put it back.
     env = os.environ.get("MLFLOW_TRACKING_URI")
+    experiment_env = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
     try:
         with _use_tracking_uri(uri):
             yield
     finally:
         if env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env
+        if experiment_env is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_env
 
 
 def _already_registered(client: Any, tagged: str | None, name: str, lineage: dict[str, str]) -> str | None:
