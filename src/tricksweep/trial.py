@@ -94,6 +94,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
+    # Tune reuses this actor for the next trial only if this trial's thread ends within
+    # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), read here in the worker; on a loaded node the last
+    # checkpoint and the memory release can take longer, and the next trial then errors with
+    # "Could not re-use actor". A longer wait is only ever spent when the thread is still busy.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     trainable = load(f"{ctx.module}:{ctx.function}" if ctx.function else ctx.module)
     gpu.release_memory()  # a reused actor: what the previous trial left in torch's cache goes back
     share = _memory_share() if ctx.gpu_memory else None
