@@ -49,7 +49,7 @@ from tricksweep.tracking import (
     start_parent,
     trial_name,
 )
-from tricksweep.trial import TrialContext, run_trial
+from tricksweep.trial import CheckpointPolicy, TrialContext, run_trial
 
 
 @dataclass
@@ -131,8 +131,14 @@ def _storage_path(value: str | None) -> str:
 
 
 def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
-    """What every trial shares (``TrialInfo`` but the seed and device): dataset, epoch budget, checkpoint cadence."""
-    return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
+    """What every trial shares (``TrialInfo`` but the seed and device): dataset, epoch budget, checkpoint cadence
+    (trainables offer one every epoch; ``checkpoint_policy`` picks the ones kept)."""
+    return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": 1}
+
+
+def checkpoint_policy(spec: SweepSpec) -> CheckpointPolicy:
+    c = spec.checkpoint
+    return CheckpointPolicy(spec.metric, spec.mode, spec.budget.max_epochs, c.every_s, c.every_epochs)
 
 
 def trial_trainable(loaded: LoadedSpec) -> Any:
@@ -147,6 +153,7 @@ def trial_trainable(loaded: LoadedSpec) -> Any:
         cpus=spec.resources.cpu,
         gpus=spec.resources.gpu,
         sources=shipped_files(loaded.space),
+        checkpoints=checkpoint_policy(spec),
         **fixed_inputs(spec),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
