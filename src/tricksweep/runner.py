@@ -305,26 +305,18 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
 
     if ray.is_initialized():
         return False
-    local = address in (None, "local")
-    if local:
+    if address in (None, "local"):
         # A private in-process cluster: token auth protects nothing here and breaks on a stale token.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
         address=address or "local",
-        num_cpus=cpus if local else None,
+        num_cpus=cpus if address in (None, "local") else None,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env=runtime_env,
-        # The raylet starts one idle worker per CPU at once, and trial actors start in them: these
-        # import what every trial needs while the driver is still building the Tuner.
-        _system_config={"preload_python_modules": list(WORKER_PRELOAD)} if local and runtime_env is None else None,
     )
     return True
-
-
-# What a trial imports before its first epoch (torch.optim's first call imports torch._dynamo).
-WORKER_PRELOAD = ("torch", "torch._dynamo", "tricksweep.trial")
 
 
 class StopSignals:
