@@ -154,9 +154,11 @@ def test_each_trial_keeps_only_its_best_and_last_checkpoint(asha_run):
         if not kept:  # diverged in its first epoch: nothing was ever saved
             continue
         assert len(kept) <= 2, trial_dir.name
-        # Every epoch saved (every_epochs: 1) except a diverged last one, which has NaN metrics.
+        # Improving epochs and the last are saved (a diverged last one, with NaN metrics, is not).
         saved = [m for m in history if math.isfinite(m.value)]
-        assert kept[-1]["epoch"] == max(m.step for m in saved)  # the latest survives, for resume
+        # ASHA's stop or a divergence may follow an epoch that did not improve, so was not saved.
+        if children[trial_id].data.tags[STATUS_TAG] in ("completed", "early_stopped"):
+            assert kept[-1]["epoch"] == max(m.step for m in saved)  # the latest survives, for resume
         assert max(s["metrics"]["val_accuracy"] for s in kept) == pytest.approx(max(m.value for m in saved))
 
 

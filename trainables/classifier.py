@@ -171,6 +171,9 @@ def train(cfg: Config, report) -> None:
         else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     )
     stopper = _Patience(cfg.early_stopping)
+    # The engine's report says which epochs' checkpoints it keeps (its policy: improvement, time,
+    # last epoch): the state is written only for those. A report without it keeps what it is given.
+    wanted = getattr(report, "wants_checkpoint", None)
     first_epoch = 1
     loss_limit = math.inf  # set from the first batch's loss
 
@@ -239,7 +242,8 @@ def train(cfg: Config, report) -> None:
             report(epoch=epoch, metrics=metrics, end="diverged")  # weights are garbage: no checkpoint
             return
         end = "early_stopped" if stopper.should_stop(metrics) else None
-        if epoch % cfg.checkpoint_every and epoch != cfg.epochs and end is None:
+        offered = not (epoch % cfg.checkpoint_every and epoch != cfg.epochs and end is None)
+        if not offered or (wanted is not None and not wanted(epoch=epoch, metrics=metrics, end=end)):
             report(epoch=epoch, metrics=metrics)
             continue
         with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt:

@@ -19,6 +19,9 @@ or an import string of your own code:
   the first report raises ``metric 'X' was not reported; reported: a, b``.
 - ``report.restore()``: the directory of the last checkpoint when the trial resumes (after a
   failure, a stop or a driver restart), else None.
+- The engine keeps only the checkpoints its policy needs (improving epochs, the last, one per
+  ``checkpoint.every_s``); its report also answers ``report.wants_checkpoint(epoch=, metrics=,
+  end=)`` before the trainable writes one. Optional: a report without it keeps what it is given.
 - ``report.info``: a frozen ``TrialInfo(epochs, seed, device, checkpoint_every, data)``: the
   epoch budget, the trial's seed, the torch device Ray assigned, the checkpoint cadence and the
   spec's dataset (dict). This is the one place the engine's inputs arrive.

@@ -22,7 +22,7 @@ class TrialInfo:
     epochs: int = 1  # the sweep's budget.max_epochs: train at most this many epochs
     seed: int = 0  # this trial's seed (drawn from the sweep's seed; the same for a configuration's repeat)
     device: str = "cpu"  # the torch device Ray assigned ("cuda" for a GPU trial)
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always saves)
+    checkpoint_every: int = 1  # epochs between checkpoints offered (the engine: 1, and it keeps what it needs)
     data: dict[str, Any] = field(default_factory=dict)  # the spec's dataset, with any swept space.data fields
 
 

@@ -246,7 +246,7 @@ def _train(loaded: Any, config: dict[str, Any], threads: int, client: Any, run_i
     seed = sampled.pop("seed", 0)
     data = {**spec.dataset, **sampled.pop("data", {})}
     info = TrialInfo(epochs=spec.budget.max_epochs, seed=seed, device=device,
-                     checkpoint_every=spec.checkpoint.every_epochs, data=data)
+                     checkpoint_every=spec.budget.max_epochs, data=data)  # a rerun keeps none
     report = RerunReport(info, client, run_id, stop_after)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -51,7 +51,7 @@ from tricksweep.tracking import (
     start_parent,
     trial_name,
 )
-from tricksweep.trial import TrialContext, run_trial
+from tricksweep.trial import CheckpointPolicy, TrialContext, run_trial
 
 
 @dataclass
@@ -133,8 +133,14 @@ def _storage_path(value: str | None) -> str:
 
 
 def fixed_inputs(spec: SweepSpec) -> dict[str, Any]:
-    """What every trial shares (``TrialInfo`` but the seed and device): dataset, epoch budget, checkpoint cadence."""
-    return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": spec.checkpoint.every_epochs}
+    """What every trial shares (``TrialInfo`` but the seed and device): dataset, epoch budget, checkpoint cadence
+    (trainables offer one every epoch; ``checkpoint_policy`` picks the ones kept)."""
+    return {"data": spec.dataset, "epochs": spec.budget.max_epochs, "checkpoint_every": 1}
+
+
+def checkpoint_policy(spec: SweepSpec) -> CheckpointPolicy:
+    c = spec.checkpoint
+    return CheckpointPolicy(spec.metric, spec.mode, spec.budget.max_epochs, c.every_s, c.every_epochs)
 
 
 def trial_trainable(loaded: LoadedSpec, layout: DeviceLayout | None = None) -> Any:
@@ -151,6 +157,7 @@ def trial_trainable(loaded: LoadedSpec, layout: DeviceLayout | None = None) -> A
         gpus=spec.resources.gpu,
         gpu_memory=spec.resources.gpu_memory is not None,
         sources=shipped_files(loaded.space),
+        checkpoints=checkpoint_policy(spec),
         **fixed_inputs(spec),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}

@@ -107,7 +107,17 @@ class Tracking(Strict):
 
 
 class Checkpointing(Strict):
-    every_epochs: int = Field(1, ge=1, description="epochs between checkpoints; the last epoch always saves")
+    """Which epochs of a trial are checkpointed: every one that improves `metric` (the best epoch is
+    what the sweep reports and registers), the last one, and the first one `every_s` seconds after
+    the last checkpoint (a lost node or driver costs a trial at most that much work plus one epoch)."""
+
+    every_s: float | None = Field(
+        60.0, gt=0, description="wall seconds between checkpoints besides the improving epochs and the last "
+        "(the work a crash may cost a trial, plus one epoch; null = no time-based ones)",
+    )
+    every_epochs: int | None = Field(
+        None, ge=1, description="also every this many epochs (1 = every epoch, as before; null = none besides)"
+    )
     keep: Literal["best_and_last", "all"] = Field(
         "best_and_last",
         description="checkpoints left per trial once the sweep is over (all are kept while it runs, for resume)",

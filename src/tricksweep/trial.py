@@ -9,8 +9,10 @@ once per node.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,53 @@ class ShippedFile:
 
 
 @dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which of the checkpoints a trainable offers are persisted (each one costs Tune a copy to
+    storage and the driver its bookkeeping): an epoch that improves the trial's ``metric`` (so the
+    best epoch, which the sweep reports and registers, is always kept, also when ASHA stops the
+    trial), the first epoch ``every_s`` wall seconds after the last kept one (what a crash may
+    cost: ``every_s`` plus one epoch), every ``every_epochs``-th epoch when set, and the last one."""
+
+    metric: str
+    mode: str  # "max" or "min"
+    last_epoch: int  # budget.max_epochs
+    every_s: float | None = 60.0
+    every_epochs: int | None = None
+
+
+class CheckpointDecider:
+    """One trial's side of a ``CheckpointPolicy``: remembers its best value and last kept time."""
+
+    def __init__(self, policy: CheckpointPolicy, clock: Any = time.monotonic):
+        self.policy = policy
+        self._clock = clock
+        self._best: float | None = None  # after a restore unknown: the first epoch counts as improving
+        self._saved_at = clock()
+        self._decided: tuple[int, bool] | None = None  # (epoch, answer): a trainable may ask before it reports
+
+    def due(self, epoch: int, metrics: dict[str, Any], end: str | None) -> bool:
+        if self._decided is not None and self._decided[0] == epoch:
+            return self._decided[1]
+        policy, value = self.policy, metrics.get(self.policy.metric)
+        improved = isinstance(value, (int, float)) and math.isfinite(value) and (
+            self._best is None or (value > self._best if policy.mode == "max" else value < self._best)
+        )
+        if improved:
+            self._best = float(value)
+        due = (
+            improved
+            or end is not None
+            or epoch >= policy.last_epoch
+            or (policy.every_epochs is not None and epoch % policy.every_epochs == 0)
+            or (policy.every_s is not None and self._clock() - self._saved_at >= policy.every_s)
+        )
+        if due:
+            self._saved_at = self._clock()
+        self._decided = (epoch, due)
+        return due
+
+
+@dataclass(frozen=True)
 class TrialContext:
     """What every trial needs besides its sampled config; shipped once via ``with_parameters``."""
 
@@ -47,17 +96,26 @@ class TrialContext:
     metric: str | None = None  # the sweep's metric, checked on the first report
     data: dict[str, Any] = field(default_factory=dict)  # the spec's dataset
     epochs: int = 1  # budget.max_epochs
-    checkpoint_every: int = 1
+    checkpoint_every: int = 1  # epochs between the checkpoints a trainable offers
+    checkpoints: CheckpointPolicy | None = None  # which offered ones are kept (None: all)
     sources: dict[str, ShippedFile] = field(default_factory=dict)  # weights files, by driver path
 
 
 class TuneReport:
-    """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API."""
+    """The trainable's ``report``, backed by Tune: the engine's only use of Tune's reporting API.
+    Of the checkpoints offered it passes on those ``policy`` keeps; a trainable that asks
+    ``wants_checkpoint`` first saves only those."""
 
-    def __init__(self, info: TrialInfo, metric: str | None = None, usage: gpu.UsageSampler | None = None):
+    def __init__(self, info: TrialInfo, metric: str | None = None, usage: gpu.UsageSampler | None = None,
+                 policy: CheckpointPolicy | None = None):
         self.info = info
         self._unchecked_metric = metric
         self._usage = usage  # NVML's view of the trial's GPU, added to each epoch's metrics
+        self._checkpoints = CheckpointDecider(policy) if policy is not None else None
+
+    def wants_checkpoint(self, *, epoch: int, metrics: dict[str, float], end: str | None = None) -> bool:
+        """Whether a checkpoint of this epoch would be kept (asked before writing one)."""
+        return self._checkpoints is None or self._checkpoints.due(epoch, metrics, end)
 
     def __call__(self, *, epoch: int, metrics: dict[str, float], checkpoint: str | None = None,
                  end: str | None = None) -> None:
@@ -70,9 +128,10 @@ class TuneReport:
         usage = {}
         if self.info.device == "cuda":  # NVML's readings where it is there; torch's peak always
             usage = self._usage.epoch_metrics() if self._usage is not None else gpu.allocator_peak()
+        keep = checkpoint is not None and self.wants_checkpoint(epoch=epoch, metrics=metrics, end=end)
         tune.report(
             {**metrics, **usage, "epoch": epoch, "end": end or ""},
-            checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None,
+            checkpoint=tune.Checkpoint.from_directory(checkpoint) if keep else None,
         )
 
     def restore(self) -> str | None:
@@ -118,7 +177,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     info = TrialInfo(epochs=ctx.epochs, seed=seed, device=device, checkpoint_every=ctx.checkpoint_every, data=data)
     usage = gpu.UsageSampler.start() if device == "cuda" else None
     try:
-        trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric, usage))
+        trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric, usage, ctx.checkpoints))
     finally:
         if usage is not None:
             usage.stop()
