@@ -522,7 +522,9 @@ def record(results: Any, tracker: MlflowTrials, spec: SweepSpec, parent: ParentR
     trials = trial_records(results, tracker, spec)
     board = leaderboard.rank(trials, spec.metric, spec.mode, repeats=spec.repeats > 1)
     parent.settle_children({t.trial_id: t.status for t in trials}, tracker.started_trials)
-    if tracker.resumed or tracker.incomplete:  # results Tune has but MLflow may miss
+    # Results Tune has but MLflow may miss: after a resume, a writer that gave up, or a signal (a
+    # result Tune took in as the sweep stopped can miss its child run).
+    if tracker.resumed or tracker.incomplete or interrupted:
         parent.backfill(_histories(results), spec.metric)
     status, error = "completed", None
     if interrupted:
