@@ -444,7 +444,7 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
             signals.install()  # ray.init put its own SIGTERM handler in place (it prints a stack and aborts)
             tuner = make_tuner()
             tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
-            with pending_trials_limit(spec), _one_pending_for_auto_memory(spec), signals.fitting():
+            with pending_trials_limit(spec), signals.fitting():
                 results = tuner.fit()
     except BaseException as err:
         if tracker is not None:
@@ -462,22 +462,6 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
             ray.shutdown()
     errors = next((c for c in _callbacks(tuner) if isinstance(c, RepeatedErrors)), None)
     return results, tracker, errors, signals.received
-
-
-@contextlib.contextmanager
-def _one_pending_for_auto_memory(spec: SweepSpec) -> Iterator[None]:
-    """With ``gpu_memory: auto`` a trial is sized when Tune creates it (``MemoryShares.on_trial_add``):
-    Tune creating one trial at a time, as a place frees, sizes each with what earlier trials of its
-    shape measured, instead of sizing a queue of them all at a whole GPU before anything is measured."""
-    key = "TUNE_MAX_PENDING_TRIALS_PG"
-    if spec.resources.gpu_memory != "auto" or key in os.environ:
-        yield
-        return
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(key, None)
 
 
 # Ray's lines that would contradict ours or name the wrong command: Tune's "interrupted, resume

@@ -478,13 +478,24 @@ def _variants(space: dsl.Node, spec: Any, enumerate_ranges: bool,
 
 @contextmanager
 def pending_trials_limit(spec: Any) -> Iterator[None]:
-    """With an epoch budget, Tune must not queue trials ahead (Ray's variant generator queues up to
-    200): at most ``max_concurrent_trials`` (default 1) wait, so few start after the budget is spent."""
+    """How many trials Tune may queue ahead (Ray's variant generator queues up to 200), while the
+    sweep runs. With an epoch budget: at most ``max_concurrent_trials`` (default 1), so few start
+    after the budget is spent. With ``gpu_memory: auto``: one, because a trial is sized when Tune
+    creates it (``MemoryShares.on_trial_add``), so each is sized with what earlier trials of its shape
+    measured instead of a queue of them all sized at a whole GPU before anything is measured."""
     key = "TUNE_MAX_PENDING_TRIALS_PG"
-    if spec.budget.max_total_epochs is None or key in os.environ:
+    if key in os.environ:
+        limit = None  # the user's own setting
+    elif spec.budget.max_total_epochs is not None:
+        limit = spec.max_concurrent_trials or 1
+    elif spec.resources.gpu_memory == "auto":
+        limit = 1
+    else:
+        limit = None
+    if limit is None:
         yield
         return
-    os.environ[key] = str(spec.max_concurrent_trials or 1)
+    os.environ[key] = str(limit)
     try:
         yield
     finally:
