@@ -22,6 +22,7 @@ budget: {trials: 10, max_epochs: 6}
 scheduler: {type: asha, grace_epochs: 1, reduction_factor: 2}
 seed: 7
 registry: false  # the registry has tests of its own (test_registry.py)
+resources: {cpu: 0.5}  # two trials at once on the tests' 1-CPU Ray: the writer records them side by side
 space:
   model: {name: mlp, width: 32, depth: 1}
   batch_size: 128
