@@ -341,6 +341,12 @@ def code_runtime_env(loaded: LoadedSpec, address: str | None) -> dict[str, Any] 
     return shipping.runtime_env(folders, excludes)
 
 
+# What every trial's worker imports before its first epoch (about 4 CPU-s on 2 CPUs; every torch.optim
+# optimizer imports torch._dynamo when it is built, as costly as torch itself). A local Ray this process
+# starts has its prestarted workers (one per CPU) import them while the driver sets up MLflow and the Tuner.
+WORKER_PRELOAD = ("torch", "torch._dynamo", "ray.tune", "tricksweep.trial")
+
+
 def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
     """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
     import ray
@@ -352,6 +358,11 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     local = address in (None, "local")
     gpu_memory = local_gpu_memory_mib() if local else 0
+    # Preloading only where no GPU is: a worker that imported torch before Ray set its
+    # CUDA_VISIBLE_DEVICES could keep the device count torch read first.
+    warm = local and not gpu_memory and runtime_env is None
+    if warm:
+        os.environ.setdefault("PL_DISABLE_FORK", "1")  # what Tune's actors set themselves (prestarted_actors)
     ray.init(
         address=address or "local",
         num_cpus=cpus if local else None,
@@ -361,8 +372,39 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env=runtime_env,
+        _system_config={"preload_python_modules": list(WORKER_PRELOAD)} if warm else None,
     )
     return True
+
+
+@contextlib.contextmanager
+def prestarted_actors(owns_local_ray: bool) -> Iterator[None]:
+    """Tune's trial actors in the workers a local Ray prestarted (``ensure_ray``), not in new ones.
+
+    Tune gives every trial actor class a runtime_env (``PL_DISABLE_FORK=1`` and a few variables it
+    copies from the driver: ``ray/tune/execution/class_cache.py``), and Ray places an actor with a
+    runtime_env only in a worker started for that runtime_env, never in a prestarted one. In a Ray
+    this process started, workers inherit the driver's environment, those variables included, so
+    while the sweep is fitted the actor classes go without one. Elsewhere (a cluster, a Ray someone
+    else started) Tune's own behaviour is left as it is."""
+    if not owns_local_ray:
+        yield
+        return
+    import ray
+    from ray.tune.execution import class_cache
+
+    tunes_get = class_cache._ActorClassCache.get
+
+    def get(cache: Any, trainable_cls: Any) -> Any:
+        if trainable_cls not in cache._cache:
+            cache._cache[trainable_cls] = ray.remote(trainable_cls)
+        return cache._cache[trainable_cls]
+
+    class_cache._ActorClassCache.get = get
+    try:
+        yield
+    finally:
+        class_cache._ActorClassCache.get = tunes_get
 
 
 class StopSignals:
@@ -429,22 +471,24 @@ def _sigusr1_handler() -> Any:
 
 
 def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: ParentRun,
-            address: str | None, runtime_env: dict[str, Any] | None = None,
+            address: str | None, runtime_env: dict[str, Any] | None = None, owns_ray: bool = False,
             ) -> tuple[Any, MlflowTrials, RepeatedErrors | None, str | None]:
-    """Ray up (with ``runtime_env``: the user's code shipped to a cluster), the Tuner made and
-    fitted; Tune's results, the tracker (drained), the repeated-error check and the signal that
-    interrupted the sweep, if one did. Whatever fails on the way, the parent run and the child runs
-    are not left RUNNING."""
+    """Ray up (with ``runtime_env``: the user's code shipped to a cluster) unless the caller
+    started it (``owns_ray``: then this shuts it down too), the Tuner made and fitted; Tune's
+    results, the tracker (drained), the repeated-error check and the signal that interrupted the
+    sweep, if one did. Whatever fails on the way, the parent run and the child runs are not left
+    RUNNING."""
     _quiet_tune()
-    owns_ray, tracker = False, None
+    tracker = None
     signals = StopSignals()
     try:
         with signals:
-            owns_ray = ensure_ray(address, runtime_env=runtime_env)
+            owns_ray = ensure_ray(address, runtime_env=runtime_env) or owns_ray
             signals.install()  # ray.init put its own SIGTERM handler in place (it prints a stack and aborts)
             tuner = make_tuner()
             tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
-            with pending_trials_limit(spec), signals.fitting():
+            local = owns_ray and address in (None, "local") and runtime_env is None
+            with pending_trials_limit(spec), signals.fitting(), prestarted_actors(local):
                 results = tuner.fit()
     except BaseException as err:
         if tracker is not None:
@@ -456,10 +500,7 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
     finally:
         if tracker is not None:
             tracker.close()
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
+        _shutdown_ray(owns_ray)
     errors = next((c for c in _callbacks(tuner) if isinstance(c, RepeatedErrors)), None)
     return results, tracker, errors, signals.received
 
@@ -647,22 +688,38 @@ def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: boo
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
     shipped = code_runtime_env(plan.loaded, address)
-    parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
-                          storage_path=plan.storage_path, smoke=plan.smoke)
-    for key, value in (parent_tags or {}).items():
-        parent.client.set_tag(parent.run_id, key, value)
+    # Ray first: a local Ray's prestarted workers import torch while MLflow is set up (ensure_ray).
+    owns_ray = ensure_ray(address, runtime_env=shipped)
+    parent = None
+    try:
+        parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
+                              storage_path=plan.storage_path, smoke=plan.smoke)
+        for key, value in (parent_tags or {}).items():
+            parent.client.set_tag(parent.run_id, key, value)
+    except BaseException as err:
+        if parent is not None:
+            parent.fail(err)
+        _shutdown_ray(owns_ray)
+        raise
     echo(f"sweep {plan.spec.name}: {plan.loaded.trials_total} trials x <= {plan.spec.budget.max_epochs} epochs, "
          f"MLflow run {parent.run_id} at {plan.tracking_uri}")
     return _run_and_record(
         lambda: build_tuner(plan.loaded, plan.storage_path, plan.run_name, callbacks(plan.spec, parent, echo),
                             history),
-        plan.spec, parent, address, started, shipped,
+        plan.spec, parent, address, started, shipped, owns_ray,
     )
 
 
+def _shutdown_ray(owns_ray: bool) -> None:
+    if owns_ray:
+        import ray
+
+        ray.shutdown()
+
+
 def _run_and_record(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: ParentRun, address: str | None,
-                    started: float, runtime_env: dict[str, Any] | None) -> Outcome:
-    results, tracker, errors, interrupted = execute(make_tuner, spec, parent, address, runtime_env)
+                    started: float, runtime_env: dict[str, Any] | None, owns_ray: bool = False) -> Outcome:
+    results, tracker, errors, interrupted = execute(make_tuner, spec, parent, address, runtime_env, owns_ray)
     try:
         return record(results, tracker, spec, parent, started, errors, interrupted)
     except BaseException as err:
