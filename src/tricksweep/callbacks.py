@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import tune
 
-from tricksweep.gpu import is_out_of_memory
+from tricksweep.gpu_shares import ran_out_of_memory
 from tricksweep.records import INFEASIBLE
 from tricksweep.space import flatten
 from tricksweep.tracking import (
@@ -164,7 +164,7 @@ class MlflowTrials(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tags = {"tricksweep.retries": str(trial.num_failures), STATUS_TAG: "retried"}
-        if self.oom_policy and is_out_of_memory(error_line(trial)):
+        if self.oom_policy and ran_out_of_memory(trial):
             self.oom_retries[trial.trial_id] = self.oom_retries.get(trial.trial_id, 0) + 1
             tags[OOM_RETRIES_TAG] = str(self.oom_retries[trial.trial_id])
         self.writer.submit(SetTags(trial.trial_id, tags))
@@ -176,7 +176,7 @@ class MlflowTrials(tune.Callback):
             # max_failures says. The trial still gets its child run, to say so.
             self.on_trial_start(iteration, trials, trial)
         line = error_line(trial)
-        if self.oom_policy and is_out_of_memory(line):
+        if self.oom_policy and ran_out_of_memory(trial):
             # OOM retries stop at a whole GPU (gpu_shares.MemoryShares): the configuration does not fit.
             tags = {ERROR_TAG: line, OOM_RETRIES_TAG: str(self.oom_retries.get(trial.trial_id, 0))}
             self._finish(trial, INFEASIBLE, tags, "FAILED")
@@ -280,9 +280,9 @@ class RepeatedErrors(tune.Callback):
         self.armed = False
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        line = error_line(trial) if self.armed or self.limit > 0 else ""
-        if getattr(self, "oom_policy", False) and is_out_of_memory(line):  # getattr: sweeps pickled before it
+        if getattr(self, "oom_policy", False) and ran_out_of_memory(trial):  # getattr: sweeps pickled before it
             return
+        line = error_line(trial) if self.armed or self.limit > 0 else ""
         if self.limit > 0 and self.stop_line is None and _files_unavailable(line):
             self.failures, self.armed, self.stop_line = [(trial_name(trial.trial_id), line)], False, line
             return

@@ -22,12 +22,17 @@ def share_of(trial: Any) -> int:
     return int(trial.placement_group_factory.required_resources.get(RESOURCE, 0))
 
 
-def trial_error_text(trial: Any) -> str:
+def ran_out_of_memory(trial: Any) -> bool:
+    """Whether the trial's error was CUDA running out of memory: the one verdict the scheduler
+    (grow the share) and the callbacks (retry, infeasible, not a repeated error) both act on.
+    Read from the whole traceback Tune saved, not its one-line summary: an OOM re-raised as
+    another exception still names CUDA's message in it."""
     path = getattr(trial, "error_file", None)
     try:
-        return open(path, errors="replace").read() if path else ""
+        text = open(path, errors="replace").read() if path else ""
     except OSError:
-        return ""
+        text = ""
+    return is_out_of_memory(text)
 
 
 class MemoryShares(TrialScheduler):
@@ -83,7 +88,7 @@ class MemoryShares(TrialScheduler):
         from ray.tune.experiment import Trial
 
         # ERROR here: Tune stopped it and will requeue it (a retry); RUNNING: it is ending for good.
-        if is_out_of_memory(trial_error_text(trial)):
+        if ran_out_of_memory(trial):
             share = share_of(trial)
             if trial.status == Trial.ERROR and share < self.layout.device_mib:
                 grown = min(self.layout.device_mib, 2 * share)
