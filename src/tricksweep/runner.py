@@ -347,8 +347,22 @@ def code_runtime_env(loaded: LoadedSpec, address: str | None) -> dict[str, Any] 
 WORKER_PRELOAD = ("torch", "torch._dynamo", "ray.tune", "tricksweep.trial")
 
 
-def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
-    """Start (or attach to) Ray unless it already runs in this process; True if we started it."""
+def warm_workers_pay_off(loaded: LoadedSpec) -> bool:
+    """Whether every worker a new local Ray prestarts (one per CPU) will hold a trial: only then is
+    importing torch into all of them worth it (each costs seconds of CPU and a few hundred MB)."""
+    from ray._private.utils import get_num_cpus  # what a new local Ray counts (cgroup limits included)
+
+    spec = loaded.spec
+    cpus = get_num_cpus()
+    slots = min(loaded.trials_total, spec.max_concurrent_trials or cpus, math.floor(cpus / spec.resources.cpu))
+    return slots >= cpus and not spec.resources.gpu and not spec.resources.gpu_memory
+
+
+def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None,
+               warm_workers: bool = False) -> bool:
+    """Start (or attach to) Ray unless it already runs in this process; True if we started it.
+    ``warm_workers``: a local Ray's prestarted workers import ``WORKER_PRELOAD`` (see
+    ``warm_workers_pay_off``)."""
     import ray
 
     if ray.is_initialized():
@@ -360,7 +374,7 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
     gpu_memory = local_gpu_memory_mib() if local else 0
     # Preloading only where no GPU is: a worker that imported torch before Ray set its
     # CUDA_VISIBLE_DEVICES could keep the device count torch read first.
-    warm = local and not gpu_memory and runtime_env is None
+    warm = warm_workers and local and not gpu_memory and runtime_env is None
     if warm:
         os.environ.setdefault("PL_DISABLE_FORK", "1")  # what Tune's actors set themselves (prestarted_actors)
     ray.init(
@@ -689,7 +703,7 @@ def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: boo
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
     shipped = code_runtime_env(plan.loaded, address)
     # Ray first: a local Ray's prestarted workers import torch while MLflow is set up (ensure_ray).
-    owns_ray = ensure_ray(address, runtime_env=shipped)
+    owns_ray = ensure_ray(address, runtime_env=shipped, warm_workers=warm_workers_pay_off(plan.loaded))
     parent = None
     try:
         parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
