@@ -263,3 +263,20 @@ def test_settling_ends_a_child_whose_end_tag_was_written_but_not_its_end(trackin
     sweep.settle_children({}, started={"t_a", "t_b"})  # running when the sweep was interrupted: no end at all
     settled = sweep.client.get_run(running.info.run_id)
     assert settled.info.status == "KILLED" and settled.data.tags[STATUS_TAG] == "interrupted"
+
+
+def test_a_result_tune_took_in_as_the_sweep_stopped_is_kept_for_the_record(tmp_path: Path):
+    """The last result of a trial interrupted right after reporting can be in Tune's trial (its
+    ``metrics``) but not yet in result.json: it is counted, so it is back-filled to MLflow too."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from tricksweep.runner import result_rows
+
+    last = {"trial_id": "t_00001", "epoch": 2, "val_accuracy": 0.5}
+    written = pd.DataFrame([{"trial_id": "t_00001", "epoch": 1, "val_accuracy": 0.25}])
+    assert [r["epoch"] for r in result_rows(Result(last, None, None, str(tmp_path), written))] == [1, 2]
+    assert result_rows(Result(last, None, None, str(tmp_path), None)) == [last]
+    both = pd.DataFrame([{"epoch": 1, "val_accuracy": 0.25}, {"epoch": 2, "val_accuracy": 0.5}])
+    assert [r["epoch"] for r in result_rows(Result(last, None, None, str(tmp_path), both))] == [1, 2]
+    assert result_rows(Result({"trial_id": "t_00002"}, None, None, str(tmp_path), None)) == []  # never reported

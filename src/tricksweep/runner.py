@@ -609,10 +609,8 @@ def trial_records(results: Any, tracker: MlflowTrials, spec: SweepSpec) -> list[
             status = end_status(last, max_epochs=spec.budget.max_epochs, asha=False, out_of_time=out_of_time)[0]
             if status == "stopped":
                 status = "interrupted"
-        frame = result.metrics_dataframe
-        rows = frame.to_dict("records") if frame is not None else ([last] if last else [])
         history: dict[str, dict[int, float]] = {}
-        for row in rows:
+        for row in result_rows(result):
             epoch = int(row.get("epoch") or 0)
             for point in metric_points(row, epoch, 0):
                 history.setdefault(point.key, {})[epoch] = point.value
@@ -620,14 +618,22 @@ def trial_records(results: Any, tracker: MlflowTrials, spec: SweepSpec) -> list[
     return records
 
 
+def result_rows(result: Any) -> list[dict]:
+    """A trial's per-epoch results as Tune stored them (its result.json), and its last result when
+    the file does not hold it yet: a result Tune took in as the sweep stopped may be in neither the
+    file nor MLflow."""
+    frame = result.metrics_dataframe
+    rows = frame.to_dict("records") if frame is not None else []
+    last = result.metrics or {}
+    if "epoch" in last and last["epoch"] not in {row.get("epoch") for row in rows}:
+        rows.append(last)
+    return rows
+
+
 def _histories(results: Any) -> dict[str, list[dict]]:
-    """Each trial's per-epoch results as Tune stored them (its result.json)."""
-    out = {}
-    for result in results:
-        frame = result.metrics_dataframe
-        if frame is not None and "trial_id" in result.metrics:
-            out[result.metrics["trial_id"]] = frame.to_dict("records")
-    return out
+    """Each trial's per-epoch results as Tune has them (``result_rows``), by trial id."""
+    return {result.metrics["trial_id"]: result_rows(result) for result in results
+            if "trial_id" in (result.metrics or {})}
 
 
 def _finish_parent(parent: ParentRun, results: Any, board: list[ConfigRow], spec: SweepSpec, status: str,
