@@ -370,13 +370,13 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
     if address in (None, "local"):
         # A private in-process cluster: token auth protects nothing here and breaks on a stale token.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # What Tune's actors set themselves; its workers inherit it here (prestarted_actors).
+        os.environ.setdefault("PL_DISABLE_FORK", "1")
     local = address in (None, "local")
     gpu_memory = local_gpu_memory_mib() if local else 0
     # Preloading only where no GPU is: a worker that imported torch before Ray set its
     # CUDA_VISIBLE_DEVICES could keep the device count torch read first.
     warm = warm_workers and local and not gpu_memory and runtime_env is None
-    if warm:
-        os.environ.setdefault("PL_DISABLE_FORK", "1")  # what Tune's actors set themselves (prestarted_actors)
     ray.init(
         address=address or "local",
         num_cpus=cpus if local else None,
