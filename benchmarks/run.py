@@ -481,11 +481,10 @@ print(json.dumps({"wall": time.perf_counter() - t0}), flush=True)
 """
 
 
-def parallel_bare(configs: list[dict], slots: int | None = None) -> float:
+def parallel_bare(configs: list[dict], slots: int = SLOTS) -> float:
     """Wall seconds of the bare loop run at once in ``slots`` warm processes, the configs dealt
     round-robin: what this machine's CPUs allow for the sweep's work, with no orchestration. Each
     process imports and trains one epoch first, then all start together on a line on stdin."""
-    slots = slots or SLOTS
     procs = [subprocess.Popen([sys.executable, "-c", PARALLEL_BARE, json.dumps(configs[i::slots])], cwd=ROOT,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for i in range(min(slots, len(configs)))]
