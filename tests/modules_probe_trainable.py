@@ -1,4 +1,5 @@
-"""A test trainable that reports which modules its Ray worker has imported (tests/test_layout.py)."""
+"""A test trainable that reports which modules its Ray worker had imported when the trial began, and
+the torch threads it then gets (tests/test_layout.py)."""
 
 from __future__ import annotations
 
@@ -13,4 +14,7 @@ class Config(BaseModel):
 
 
 def train(cfg: Config, report) -> None:
-    report(epoch=1, metrics={"modules": json.dumps(sorted(sys.modules))})
+    modules = json.dumps(sorted(sys.modules))
+    import torch
+
+    report(epoch=1, metrics={"modules": modules, "torch_threads": torch.get_num_threads()})

@@ -124,4 +124,5 @@ def test_a_trial_in_a_real_worker_imports_only_the_worker_side(ray_local, tmp_pa
     assert result.error is None, result.error
     loaded = json.loads(result.metrics["modules"])
     assert {m for m in loaded if m.startswith("tricksweep")} == WORKER_SIDE
-    assert not {m.split(".")[0] for m in loaded} & set(HEAVY)
+    assert not {m.split(".")[0] for m in loaded} & {*HEAVY, "torch"}  # torch: only a trainable that uses it
+    assert result.metrics["torch_threads"] == 1  # the trial's 1 CPU, though torch loaded after the engine

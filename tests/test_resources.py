@@ -28,19 +28,26 @@ def max_overlap(intervals: list[tuple[int, int]]) -> int:
 def test_fractional_share_packs_that_many_trials(
     ray_local, tmp_path: Path, tracking_uri, share: float, max_concurrent: int | None, expected: int
 ):
+    # The trials hold until one too many has started (or a grace period after `expected` have): the
+    # subject is how many Ray runs at once, so the trainable does no training (tests/hold_trainable.py).
+    started = tmp_path / "started"
+    started.mkdir()
     spec = write_spec(
         tmp_path,
         f"""\
 name: packing
+trainable: hold_trainable
 metric: val_accuracy
 mode: max
-budget: {{trials: {expected + 1}, max_epochs: 6}}
+budget: {{trials: {expected + 1}, max_epochs: 1}}
 scheduler: {{type: none}}
 registry: false
-resources: {{cpu: 0.25, custom: {{accel: {share}}}}}
+resources: {{cpu: 0.125, custom: {{accel: {share}}}}}
 max_concurrent_trials: {"null" if max_concurrent is None else max_concurrent}
 space:
-  model: {{name: cnn, width: 16}}
+  folder: {started}
+  hold: {expected}
+  grace: {{uniform: [4.0, 4.1]}}
 """,
     )
     uri = tracking_uri
@@ -52,5 +59,6 @@ space:
     )
     intervals = [(c.info.start_time, c.info.end_time) for c in children]
     # One trial more than the expected peak, so a peak of `expected` is the limit at work: CPUs alone
-    # would allow 8 at once (0.25 each on 2); the 1.0 'accel' allows 1/share; the cap, fewer.
+    # would allow 8 at once (0.125 each on the session's 1 CPU); the 1.0 'accel' allows 1/share; the cap, fewer.
+    assert len(children) == expected + 1
     assert max_overlap(intervals) == expected

@@ -40,6 +40,7 @@ import gc
 import math
 import os
 import re
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -159,10 +160,9 @@ class DeviceLayout:
 def release_memory() -> None:
     """Give the previous trial's GPU memory back (a reused actor): its tensors collected, torch's
     cached blocks returned to the driver, the peak counter reset for this trial's measurement.
-    Nothing to do in a process that never used CUDA."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    Nothing to do in a process that never used CUDA (nor one that never imported torch)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()  # tensors in reference cycles hold device memory until collected
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()

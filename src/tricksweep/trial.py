@@ -145,14 +145,18 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     ``report.info``."""
     import sys
 
-    import torch
-
     from trainables.contract import load
 
     for folder in reversed(shipped_code_dirs() or ctx.code_paths):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    torch.set_num_threads(max(1, int(ctx.cpus)))  # threads follow the CPUs Ray reserved
+    # Threads follow the CPUs Ray reserved. torch is not imported for it: a trainable that never uses
+    # torch saves its import (~2.5 CPU-s per worker); where torch loads later it reads the variable.
+    threads = max(1, int(ctx.cpus))
+    if "torch" in sys.modules:  # a reused actor whose earlier trial imported it
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     # Tune reuses this actor for the next trial only if this trial's thread ends within
     # TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), read here in the worker; on a loaded node the last
     # checkpoint and the memory release can take longer, and the next trial then errors with
@@ -165,6 +169,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         os.environ[gpu.SHARE_ENV] = str(share)  # the trial's share in MiB, for code that sizes itself by it
     device = "cpu"
     if ctx.gpus > 0 or (share is not None and _assigned_gpus()):
+        import torch
+
         # Ray set CUDA_VISIBLE_DEVICES to the GPU it assigned (shared when gpu < 1): it is cuda:0 here.
         if not torch.cuda.is_available():
             raise RuntimeError(f"resources.gpu = {ctx.gpus:g}: Ray assigned a GPU but torch sees no CUDA device")
