@@ -33,9 +33,11 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff check .
 
-# All but the multi-process scenarios (tests marked `scenario`).
+# The edit-test loop: all but the multi-process scenarios and the further sweeps (markers `scenario`,
+# `slow`); it keeps one end-to-end sweep per way in (CLI, ASHA + MLflow record, own trainable, own data,
+# each searcher, a worker's imports).
 test-fast: setup
-	$(BIN)/python -m pytest $(XDIST) -m "not scenario"
+	$(BIN)/python -m pytest $(XDIST) -m "not scenario and not slow"
 
 # What the tests need beyond pip: tests/test_mlflow_ui.py drives Debian's chromium through playwright
 # (no `playwright install`). Where it can't be installed, that test fails and says how; it never skips.

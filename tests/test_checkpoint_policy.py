@@ -96,6 +96,7 @@ def policy_run(ray_local, tmp_path_factory, new_store):
     return outcome, MlflowClient(uri)
 
 
+@pytest.mark.slow
 def test_each_trial_persists_its_improving_epochs_and_last_and_the_sweep_records_the_best_epoch(policy_run):
     outcome, client = policy_run
     runs = client.search_runs([outcome.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")

@@ -187,6 +187,7 @@ def test_stop_on_repeated_errors_is_validated_in_one_line(tmp_path: Path):
     assert load_spec(off).spec.stop_on_repeated_errors == 0
 
 
+@pytest.mark.slow
 def test_with_the_check_off_every_trial_runs_and_the_error_is_shown_once(ray_local, tmp_path: Path, tracking_uri):
     from broken_trainable import ERROR
 
@@ -206,6 +207,7 @@ def test_with_the_check_off_every_trial_runs_and_the_error_is_shown_once(ray_loc
     assert parent.info.status == "FAILED" and parent.data.tags[ERROR_TAG] == outcome.error
 
 
+@pytest.mark.slow
 def test_the_first_trial_without_its_files_stops_the_sweep(ray_local, tmp_path: Path, tracking_uri):
     from unavailable_trainable import ERROR
 

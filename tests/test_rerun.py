@@ -18,6 +18,8 @@ from tricksweep.rerun import RERUN_OF_TAG, rerun_trial, trial_config
 from tricksweep.runner import run_sweep
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
 
+pytestmark = pytest.mark.slow  # whole sweeps on Ray: the full suite's, not the fast lane's
+
 NAME = "rerun-me"
 SPEC = {
     "name": NAME,

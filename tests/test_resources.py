@@ -12,6 +12,8 @@ from tricksweep.runner import run_sweep
 from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG
 
+pytestmark = pytest.mark.slow  # whole sweeps on Ray: the full suite's, not the fast lane's
+
 
 def max_overlap(intervals: list[tuple[int, int]]) -> int:
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])

@@ -81,6 +81,7 @@ def smoke_store(tmp_path_factory, new_store) -> str:
 SMOKE_HERE = [p for p in SWEEPS if p.name != "quickstart.yaml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SMOKE_HERE, ids=[p.stem for p in SMOKE_HERE])
 def test_runs_in_smoke_mode(path: Path, ray_local, smoke_store, tmp_path, monkeypatch):
     tracking_uri = smoke_store
