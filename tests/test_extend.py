@@ -2,9 +2,10 @@
 experiment, linked to the one it extends; no configuration of the lineage runs again; TPE is told
 the earlier trials before its first suggestion; metric, mode and trainable cannot change.
 
-Two real sweeps on the session Ray (1-epoch trials on digits, registry off): a random one over a
-small discrete space (4 configurations) extended with a widened int range (6), and a TPE one
-extended by one trial."""
+Two real sweeps on the session Ray (1-epoch trials, registry off): a random one over a small
+discrete space (4 configurations) extended with a widened int range (6), and a TPE one extended by
+2 trials. The subject is the orchestration, not training: the trainable is tests/xr_light_trainable.py
+(no torch; its val_accuracy a fixed function of the configuration)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ from tricksweep.tracking import ParentRun
 
 RANDOM = "grow-random"
 TPE = "grow-tpe"
+LIGHT = "xr_light_trainable"
 
 
 def spec(name: str, searcher: str, width: dict | int, trials: int) -> dict:
     return {
         "name": name,
-        "trainable": "classifier",
-        "dataset": {"name": "digits", "val_fraction": 0.2},
+        "trainable": LIGHT,
         "metric": "val_accuracy",
         "mode": "max",
         "budget": {"trials": trials, "max_epochs": 1},
@@ -150,7 +151,7 @@ def test_tpe_extend_runs_exactly_n_trials_from_a_warm_study(store, capsys):
     ("metric", "val_loss", "metric = 'val_loss': sweep 'grow-tpe' ran with metric = 'val_accuracy'; "),
     ("mode", "min", "mode = 'min': sweep 'grow-tpe' ran with mode = 'max'; "),
     ("trainable", "failing_trainable",
-     "trainable = 'failing_trainable': sweep 'grow-tpe' ran with trainable = 'classifier'; "),
+     f"trainable = 'failing_trainable': sweep 'grow-tpe' ran with trainable = '{LIGHT}'; "),
 ])
 def test_a_fixed_field_changed_is_one_line(store, capsys, tmp_path, field, value, rule):
     changed = spec(TPE, "optuna_tpe", 4, 3)

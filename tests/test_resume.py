@@ -217,15 +217,17 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
 
 def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, tracking_uri):
     # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
-    # race on a dying node): it continues from its last checkpoint in the same child run.
-    from fails_once_trainable import ERROR
+    # race on a dying node): it continues from its last checkpoint in the same child run. The
+    # subject is the orchestration, so a torch-free trainable (tests/xr_fails_once_trainable.py)
+    # with real checkpoints through Tune: each epoch reports the epoch its attempt restored from.
+    from xr_fails_once_trainable import ERROR
 
     from tricksweep.runner import resume_sweep, run_sweep
     from tricksweep.spec import load_spec
 
     spec = write_spec(
         tmp_path,
-        "name: fails_once\ntrainable: fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
+        "name: fails_once\ntrainable: xr_fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
         "budget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
         "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
@@ -239,7 +241,7 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
         if c.data.tags[STATUS_TAG] == "failed"
     ]
     assert first.errors == 1 and errored.data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")
-    assert "fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
+    assert "xr_fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
 
     second = resume_sweep("fails_once", tracking_uri=uri, echo=lambda _: None)
     assert second.errors == 0 and {r.status for r in second.trials} == {"completed"}
@@ -248,4 +250,6 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
     assert run.data.tags[RESUMED_TAG] == "true" and "tricksweep.error" not in run.data.tags
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert steps == [1, 2, 3]  # epoch 1 from the first attempt, 2 and 3 after the resume
+    resumed_from = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "resumed_from"))
+    assert resumed_from == [(1, 0), (2, 1), (3, 1)]  # the resume started from epoch 1's checkpoint, not afresh
     assert len(client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")) == 2
