@@ -86,6 +86,7 @@ def recorded_accuracy(uri: str) -> tuple[float, dict[str, str]]:
     return next(m.value for m in history if m.step == int(tags["tricksweep.epoch"])), tags
 
 
+@pytest.mark.slow
 def test_alias_moves_only_on_improvement(store, capsys):
     uri = store["uri"]
     poor, poor_said = store["poor"]
@@ -138,6 +139,7 @@ LOAD_AND_PREDICT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_loaded_model_predicts_the_recorded_accuracy(store, tmp_path):
     """A fresh process with MLflow and torch only: raw uint8-range pixels in, the trial's accuracy out."""
     x_val, y_val = validation_split()
@@ -269,6 +271,7 @@ def test_every_model_exports_with_its_preprocessing(model):
                                    atol=1e-6)
 
 
+@pytest.mark.slow
 def test_register_command_on_a_finished_sweep(store, capsys):
     from tricksweep.cli import main
 
