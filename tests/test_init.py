@@ -13,6 +13,7 @@ from tricksweep.cli import main
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG
 
 
+@pytest.mark.slow
 def test_init_writes_a_project_that_validates_and_runs(ray_local, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -241,6 +241,7 @@ def test_validating_built_in_models_does_not_import_torch(tmp_path: Path):
 # -- end to end: the example project on real Ray, recorded in MLflow -------------------------------
 
 
+@pytest.mark.slow
 def test_the_example_model_is_swept_with_asha_and_recorded(ray_local, project: Path, new_store):
     from tricksweep import run_sweep
 

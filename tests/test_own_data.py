@@ -68,6 +68,7 @@ def test_a_factory_returning_tensors_is_swept_with_asha_and_recorded(ray_local, 
     assert {c.data.params["data.seed"] for c in children} <= {"0", "1"}  # a factory keyword argument, swept
 
 
+@pytest.mark.slow
 def test_a_factory_returning_datasets_is_streamed_in_a_sweep(ray_local, project: Path, new_store):
     outcome, children = swept(project, new_store, "datasets.yaml")
     assert outcome.errors == 0 and len(children) == 2

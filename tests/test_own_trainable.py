@@ -64,6 +64,7 @@ def test_a_function_of_your_own_is_swept_with_asha_and_recorded(ray_local, proje
     check_recorded(uri, outcome, "val_accuracy", trials=6, epochs=4)
 
 
+@pytest.mark.slow
 def test_a_module_with_a_config_is_swept_through_the_cli(ray_local, project: Path, capsys, new_store):
     uri = new_store(project)
     # --smoke (2 trials x 2 epochs, ASHA kept): the module, its Config and the CLI are the subject here;
@@ -215,6 +216,7 @@ def test_user_code_that_does_not_meet_the_contract_fails_in_one_line(trainable, 
     assert ray.is_initialized() == ray_was_up  # run stopped before Ray
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(ray_local, project: Path, new_store):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Your own model, data and training code") : readme.index("## On a Ray cluster")]

@@ -165,6 +165,7 @@ space:
 """
 
 
+@pytest.mark.slow
 def test_tpe_sweep_with_repeats_stops_launching_when_the_epoch_budget_is_spent(ray_local, tmp_path, tracking_uri):
     uri = tracking_uri
     outcome = run_sweep(

@@ -275,6 +275,7 @@ def test_auto_precision_and_layout_are_plain_on_the_cpu():
     assert deterministic(fit()) == deterministic(fit(precision="fp32", channels_last=False))
 
 
+@pytest.mark.slow  # inductor's C++ kernels: ~35 CPU-s of gcc on a machine without its cache
 def test_compiled_model_trains_and_resumes():
     compiled = fit(model={"name": "mlp", "width": 32, "depth": 1}, compile=True, epochs=2)
     assert_contract(compiled, 2)
