@@ -230,7 +230,7 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
         "name: fails_once\ntrainable: xr_fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
         "budget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
-        "space: {model: {name: mlp, width: 8}, dropout: {grid: [0.0, 0.5]}}\n",
+        f"space: {{model: {{name: mlp, width: 8}}, dropout: {{grid: [0.0, 0.5]}}, record_to: {tmp_path}}}\n",
     )
     uri = tracking_uri
     first = run_sweep(load_spec(spec), tracking_uri=uri, storage=str(tmp_path / "runs"), echo=lambda _: None)
@@ -252,4 +252,6 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
     assert steps == [1, 2, 3]  # epoch 1 from the first attempt, 2 and 3 after the resume
     resumed_from = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "resumed_from"))
     assert resumed_from == [(1, 0), (2, 1), (3, 1)]  # the resume started from epoch 1's checkpoint, not afresh
+    copy = Path((tmp_path / "restored_from").read_text())  # where report.restore() put the checkpoint
+    assert copy.name.startswith("tricksweep-restore-") and not copy.exists()  # removed as the trial ended
     assert len(client.search_runs([first.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = 'child'")) == 2

@@ -19,6 +19,7 @@ ERROR = "injected failure on the first attempt"
 class Config(BaseModel):
     model_config = ConfigDict(extra="allow")
     dropout: float = 0.0
+    record_to: str | None = None  # a folder: the path report.restore() gave, for the test to check
 
 
 def train(cfg: Config, report) -> None:
@@ -26,6 +27,8 @@ def train(cfg: Config, report) -> None:
     start = 0
     if (restored := report.restore()) is not None:
         start = json.loads((Path(restored) / "state.json").read_text())["epoch"]
+        if cfg.record_to:
+            (Path(cfg.record_to) / "restored_from").write_text(restored)
     for epoch in range(start + 1, report.info.epochs + 1):
         if cfg.dropout >= 0.5 and epoch == 2 and not marker.exists():
             marker.touch()

@@ -18,7 +18,8 @@ or an import string of your own code:
   chose to make its last. The sweep's ``metric`` must be among the ``metrics``; when it is not,
   the first report raises ``metric 'X' was not reported; reported: a, b``.
 - ``report.restore()``: the directory of the last checkpoint when the trial resumes (after a
-  failure, a stop or a driver restart), else None.
+  failure, a stop or a driver restart), else None. It is the engine's copy, removed when ``train``
+  returns: read it, don't keep it.
 - The engine keeps only the checkpoints its policy needs (improving epochs, the last, one per
   ``checkpoint.every_s``); its report also answers ``report.wants_checkpoint(epoch=, metrics=,
   end=)`` before the trainable writes one. Optional: a report without it keeps what it is given.

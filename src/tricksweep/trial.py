@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class TuneReport:
         self._unchecked_metric = metric
         self._usage = usage  # NVML's view of the trial's GPU, added to each epoch's metrics
         self._checkpoints = CheckpointDecider(policy) if policy is not None else None
+        self._restored: str | None = None  # the copy restore() made, removed by close()
 
     def wants_checkpoint(self, *, epoch: int, metrics: dict[str, float], end: str | None = None) -> bool:
         """Whether a checkpoint of this epoch would be kept (asked before writing one)."""
@@ -136,7 +138,19 @@ class TuneReport:
 
     def restore(self) -> str | None:
         checkpoint = tune.get_checkpoint()
-        return checkpoint.to_directory() if checkpoint else None
+        if checkpoint is None:
+            return None
+        if self._restored is None:
+            # Into a folder of ours: Tune's default for to_directory() is a temporary folder nobody
+            # removes, a copy of the checkpoint left in /tmp per resumed trial.
+            self._restored = checkpoint.to_directory(tempfile.mkdtemp(prefix="tricksweep-restore-"))
+        return self._restored
+
+    def close(self) -> None:
+        """Remove the restored checkpoint's copy (the trial has ended)."""
+        if self._restored is not None:
+            shutil.rmtree(self._restored, ignore_errors=True)
+            self._restored = None
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -182,9 +196,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     data = {**ctx.data, **sampled.pop("data", {})}  # space.data sweeps dataset fields
     info = TrialInfo(epochs=ctx.epochs, seed=seed, device=device, checkpoint_every=ctx.checkpoint_every, data=data)
     usage = gpu.UsageSampler.start() if device == "cuda" else None
+    report = TuneReport(info, ctx.metric, usage, ctx.checkpoints)
     try:
-        trainable.train(trainable.make_config(sampled, info), TuneReport(info, ctx.metric, usage, ctx.checkpoints))
+        trainable.train(trainable.make_config(sampled, info), report)
     finally:
+        report.close()
         if usage is not None:
             usage.stop()
     # GPU memory is released at the next trial's start, not here: a gc.collect() on this thread as
