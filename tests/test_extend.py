@@ -4,7 +4,7 @@ the earlier trials before its first suggestion; metric, mode and trainable canno
 
 Two real sweeps on the session Ray (1-epoch trials, registry off): a random one over a small
 discrete space (4 configurations) extended with a widened int range (6), and a TPE one extended by
-2 trials. The subject is the orchestration, not training: the trainable is tests/xr_light_trainable.py
+2 trials. The subject is the orchestration, not training: the trainable is tests/light_trainable.py
 (no torch; its val_accuracy a fixed function of the configuration)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tricksweep.tracking import ParentRun
 
 RANDOM = "grow-random"
 TPE = "grow-tpe"
-LIGHT = "xr_light_trainable"
+LIGHT = "light_trainable"
 
 
 def spec(name: str, searcher: str, width: dict | int, trials: int) -> dict:

@@ -49,7 +49,6 @@ max_concurrent_trials: {"null" if max_concurrent is None else max_concurrent}
 space:
   folder: {started}
   hold: {expected}
-  grace: {{uniform: [4.0, 4.1]}}
 """,
     )
     uri = tracking_uri

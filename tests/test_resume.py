@@ -218,16 +218,16 @@ def test_settling_children_ends_every_open_run_and_marks_trials_tune_never_saved
 def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_path: Path, tracking_uri):
     # What `tricksweep resume` offers a trial Tune gave up on (its retries spent, or Ray's reset
     # race on a dying node): it continues from its last checkpoint in the same child run. The
-    # subject is the orchestration, so a torch-free trainable (tests/xr_fails_once_trainable.py)
+    # subject is the orchestration, so a torch-free trainable (tests/fails_once_trainable.py)
     # with real checkpoints through Tune: each epoch reports the epoch its attempt restored from.
-    from xr_fails_once_trainable import ERROR
+    from fails_once_trainable import ERROR
 
     from tricksweep.runner import resume_sweep, run_sweep
     from tricksweep.spec import load_spec
 
     spec = write_spec(
         tmp_path,
-        "name: fails_once\ntrainable: xr_fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
+        "name: fails_once\ntrainable: fails_once_trainable\nmetric: val_accuracy\nmode: max\n"
         "budget: {trials: 1, max_epochs: 3}\n"
         "scheduler: {type: none}\nsearcher: grid\nmax_failures: 0\n"
         f"space: {{model: {{name: mlp, width: 8}}, dropout: {{grid: [0.0, 0.5]}}, record_to: {tmp_path}}}\n",
@@ -241,7 +241,7 @@ def test_resume_runs_errored_trials_again_from_their_checkpoints(ray_local, tmp_
         if c.data.tags[STATUS_TAG] == "failed"
     ]
     assert first.errors == 1 and errored.data.tags["tricksweep.error"].startswith(f"RuntimeError: {ERROR} (at ")
-    assert "xr_fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
+    assert "fails_once_trainable.py:" in errored.data.tags["tricksweep.error"]  # where in the user's code
 
     second = resume_sweep("fails_once", tracking_uri=uri, echo=lambda _: None)
     assert second.errors == 0 and {r.status for r in second.trials} == {"completed"}
