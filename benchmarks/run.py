@@ -257,10 +257,12 @@ def run_engine(bench: Bench, loaded, callbacks: list | None = None) -> float:
     """The engine's own Tuner (``runner.build_tuner``: same trainable wrapper, actor reuse,
     checkpoint config) with the given callbacks instead of tricksweep's MLflow tracker: run_sweep
     has no switch to turn tracking off, so this is "tracking off"."""
-    from tricksweep.runner import build_tuner
+    from tricksweep.runner import _callbacks, build_tuner, without_tensorboard
 
-    tuner = build_tuner(loaded, bench.storage, bench.name("engine"), callbacks or [])
-    return timed_fit(tuner, loaded.spec.name)
+    callbacks = callbacks or []
+    tuner = build_tuner(loaded, bench.storage, bench.name("engine"), callbacks)
+    with without_tensorboard(_callbacks(tuner)):  # as run_sweep fits it
+        return timed_fit(tuner, loaded.spec.name)
 
 
 def timed_fit(tuner, label: str) -> float:

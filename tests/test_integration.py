@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,14 @@ def test_a_failing_trial_is_tagged_failed_with_its_error(ray_local, tmp_path, tr
     assert [m.step for m in client.get_metric_history(children["0.5"].info.run_id, "val_accuracy")] == [1]
     assert children["0.0"].data.tags[STATUS_TAG] == "completed"
     assert {r.status for r in outcome.trials} == {"failed", "completed"}
+
+
+def test_trials_keep_tunes_result_files_and_no_tensorboard_events(asha_run):
+    # The record reads result.json back; TensorBoard's logger would import torch into the driver.
+    outcome, _, _ = asha_run
+    trial_dirs = [d for d in Path(outcome.experiment_path).iterdir() if d.is_dir() and d.name.startswith("run_trial")]
+    assert trial_dirs
+    for trial_dir in trial_dirs:
+        assert (trial_dir / "result.json").stat().st_size and (trial_dir / "progress.csv").stat().st_size
+        assert not list(trial_dir.glob("events.out.tfevents*")), trial_dir.name
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ, "the switch is scoped to the fit"

@@ -203,6 +203,7 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
                 history: Any = None) -> tune.Tuner:
     """The Tuner for a validated spec (Ray must be running: weights files go to its object store);
     ``history``: what an extended sweep's lineage ran (``searchers.History``), for its searcher."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
@@ -245,7 +246,9 @@ def build_tuner(loaded: LoadedSpec, storage_path: str, run_name: str, callbacks:
         run_config=tune.RunConfig(
             name=run_name,
             storage_path=storage_path,
-            callbacks=callbacks,
+            # Tune's result files, which the record reads back (trial_history); its TensorBoard
+            # logger is left out while fitting (without_tensorboard).
+            callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
             stop=next((c.stopper() for c in callbacks if isinstance(c, RepeatedErrors)), None),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -392,6 +395,33 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
 
 
 @contextlib.contextmanager
+def without_tensorboard(callbacks: list) -> Iterator[None]:
+    """Tune adds its JSON, CSV and TensorBoard loggers to every fit unless told to add none. The
+    TensorBoard one imports tensorboardX, hence torch, into the driver (2.7 CPU-s per ``tricksweep
+    run``) and writes an event file per trial nothing reads: the record is MLflow. ``build_tuner``
+    passes the JSON and CSV loggers itself; while fitting, Tune adds no others. A sweep saved without
+    them (by an older tricksweep, then resumed) keeps Tune's defaults."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    if not (any(isinstance(c, JsonLoggerCallback) for c in callbacks)
+            and any(isinstance(c, CSVLoggerCallback) for c in callbacks)):
+        yield
+        return
+    saved = os.environ.get(NO_AUTO_LOGGERS)
+    os.environ[NO_AUTO_LOGGERS] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(NO_AUTO_LOGGERS, None)
+        else:
+            os.environ[NO_AUTO_LOGGERS] = saved
+
+
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+
+@contextlib.contextmanager
 def prestarted_actors(owns_local_ray: bool) -> Iterator[None]:
     """Tune's trial actors in the workers a local Ray prestarted (``ensure_ray``), not in new ones.
 
@@ -502,7 +532,8 @@ def execute(make_tuner: Callable[[], tune.Tuner], spec: SweepSpec, parent: Paren
             tuner = make_tuner()
             tracker = next(c for c in _callbacks(tuner) if isinstance(c, MlflowTrials))
             local = owns_ray and address in (None, "local") and runtime_env is None
-            with pending_trials_limit(spec), signals.fitting(), prestarted_actors(local):
+            with (pending_trials_limit(spec), signals.fitting(), prestarted_actors(local),
+                  without_tensorboard(_callbacks(tuner))):
                 results = tuner.fit()
     except BaseException as err:
         if tracker is not None:
