@@ -344,28 +344,14 @@ def code_runtime_env(loaded: LoadedSpec, address: str | None) -> dict[str, Any] 
     return shipping.runtime_env(folders, excludes)
 
 
-# What every trial's worker imports before its first epoch (about 4 CPU-s on 2 CPUs; every torch.optim
-# optimizer imports torch._dynamo when it is built, as costly as torch itself). A local Ray this process
-# starts has its prestarted workers (one per CPU) import them while the driver sets up MLflow and the Tuner.
-WORKER_PRELOAD = ("torch", "torch._dynamo", "ray.tune", "tricksweep.trial")
-
-
-def warm_workers_pay_off(loaded: LoadedSpec) -> bool:
-    """Whether every worker a new local Ray prestarts (one per CPU) will hold a trial: only then is
-    importing torch into all of them worth it (each costs seconds of CPU and a few hundred MB)."""
-    from ray._private.utils import get_num_cpus  # what a new local Ray counts (cgroup limits included)
-
-    spec = loaded.spec
-    cpus = get_num_cpus()
-    slots = min(loaded.trials_total, spec.max_concurrent_trials or cpus, math.floor(cpus / spec.resources.cpu))
-    return slots >= cpus and not spec.resources.gpu and not spec.resources.gpu_memory
-
-
-def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None,
-               warm_workers: bool = False) -> bool:
+def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> bool:
     """Start (or attach to) Ray unless it already runs in this process; True if we started it.
-    ``warm_workers``: a local Ray's prestarted workers import ``WORKER_PRELOAD`` (see
-    ``warm_workers_pay_off``)."""
+
+    Its workers import nothing ahead of a trial. Prestarted workers that imported torch while the
+    driver set up MLflow (``preload_python_modules``) were tried, and measured on 2 CPUs they lost:
+    a worker still importing when Tune asks for the actor loses to a new process, and then idles with
+    torch loaded (the quickstart: 34/47/56 s and 64/91/104 CPU-s against 37/36/43 s and 66/66/78
+    CPU-s without; a torch-free trainable: 24 s and 36 CPU-s against 18 s and 18 CPU-s)."""
     import ray
 
     if ray.is_initialized():
@@ -377,9 +363,6 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
         os.environ.setdefault("PL_DISABLE_FORK", "1")
     local = address in (None, "local")
     gpu_memory = local_gpu_memory_mib() if local else 0
-    # Preloading only where no GPU is: a worker that imported torch before Ray set its
-    # CUDA_VISIBLE_DEVICES could keep the device count torch read first.
-    warm = warm_workers and local and not gpu_memory and runtime_env is None
     ray.init(
         address=address or "local",
         num_cpus=cpus if local else None,
@@ -389,7 +372,6 @@ def ensure_ray(address: str | None, cpus: int | None = None, runtime_env: dict[s
         log_to_driver=False,
         logging_level=logging.WARNING,
         runtime_env=runtime_env,
-        _system_config={"preload_python_modules": list(WORKER_PRELOAD)} if warm else None,
     )
     return True
 
@@ -739,8 +721,8 @@ def run_sweep(spec: LoadedSpec | str | Path | dict[str, Any], *, smoke_test: boo
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     plan = resolve(loaded, smoke=smoke_test, tracking_uri=tracking_uri, storage=storage, echo=echo)
     shipped = code_runtime_env(plan.loaded, address)
-    # Ray first: a local Ray's prestarted workers import torch while MLflow is set up (ensure_ray).
-    owns_ray = ensure_ray(address, runtime_env=shipped, warm_workers=warm_workers_pay_off(plan.loaded))
+    # Ray first: the workers a local Ray prestarts start while MLflow is set up (prestarted_actors).
+    owns_ray = ensure_ray(address, runtime_env=shipped)
     parent = None
     try:
         parent = start_parent(plan.loaded, uri=plan.tracking_uri, run_name=plan.run_name,
