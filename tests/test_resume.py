@@ -58,21 +58,17 @@ def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+# One case, ~90 s on 2 CPUs: Optuna (whose restored study loses the trials begun after Tune's last
+# snapshot, the harder path) with a user's own model factory, found by import string in the spec's
+# folder (examples/own_model). The random searcher's restore, which redraws such a trial under its
+# id, was a second case of its own; it is Tune's BasicVariantGenerator's, and cost as much again.
 @pytest.mark.scenario
-@pytest.mark.parametrize(
-    ("searcher", "model"),
-    [
-        # A user's own model factory, found by import string in the spec's folder (examples/own_model).
-        ("random", '{name: "own_nets.nets:make_net", width: 32}'),
-        ("optuna_tpe", "{name: cnn, width: 32}"),
-    ],
-    ids=["random-own_model", "optuna_tpe-cnn"],
-)
-def test_resume_after_the_driver_is_killed(searcher: str, model: str, tmp_path: Path):
+def test_resume_after_the_driver_is_killed(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     shutil.copytree(ROOT / "examples" / "own_model" / "own_nets", tmp_path / "own_nets",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    spec = write_spec(tmp_path, SPEC.replace("{name: cnn, width: 32}", model) + f"searcher: {searcher}\n")
+    model = '{name: "own_nets.nets:make_net", width: 32}'
+    spec = write_spec(tmp_path, SPEC.replace("{name: cnn, width: 32}", model) + "searcher: optuna_tpe\n")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     client = MlflowClient(uri)
     client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
@@ -119,10 +115,9 @@ def test_resume_after_the_driver_is_killed(searcher: str, model: str, tmp_path: 
     assert parent.info.status == "FINISHED" and parent.data.tags["tricksweep.resumes"] == "1"
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "a run is still open after resume"
-    # A trial begun after Tune's last snapshot is unknown to the resumed sweep. The basic searcher
-    # draws it again under the same id; Optuna draws a new trial, and the old child is marked lost.
+    # A trial begun after Tune's last snapshot is unknown to the resumed sweep: Optuna draws a new
+    # trial, and the old child is marked lost.
     lost = [r for r in runs if r.data.tags.get(STATUS_TAG) == "lost"]
-    assert not lost or searcher == "optuna_tpe"
     assert all(r.info.status == "KILLED" and r.data.tags[TRIAL_TAG] not in before for r in lost)
     runs = [r for r in runs if r not in lost]
     trial_ids = [r.data.tags[TRIAL_TAG] for r in runs]
