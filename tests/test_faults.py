@@ -18,21 +18,23 @@ from tricksweep.callbacks import MlflowTrials
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG, TRIAL_TAG, ParentRun
 
 # Long enough trials that the kill reliably lands while several run: the scenario waits until 3
-# have 2 epochs in MLflow, which the writer's 2 s linger delays. With 12 epochs (about 2 s a
-# trial once warm) a fast machine finished every trial before that point.
-EPOCHS = 40
+# have 2 epochs in MLflow, which the writer's 2 s linger delays. Epochs that sleep
+# (tests/paced_trainable.py): 30 x 0.25 s, so 7.5 s a trial on any machine, at no CPU cost (the
+# CNN that did it before took 240 epochs of CPU, and a fast machine finished 12-epoch trials too soon).
+EPOCHS = 30
 NODE_CRASH_SPEC = f"""\
 name: node_crash
+trainable: paced_trainable
 metric: val_accuracy
 mode: max
 budget: {{trials: 6, max_epochs: {EPOCHS}}}
 scheduler: {{type: none}}
 max_failures: 3
 seed: 5
-registry: false  # not this test's subject (test_registry.py), ~4 CPU-s per sweep
+registry: false  # nothing to register: the trainable has no network
 space:
-  model: {{name: cnn, width: 16}}
-  optimizer: {{name: adam, lr: {{loguniform: [1.0e-3, 1.0e-2]}}}}
+  epoch_s: 0.25
+  lr: {{loguniform: [1.0e-3, 1.0e-2]}}
 """
 
 
@@ -42,7 +44,9 @@ def test_worker_node_crash_loses_no_trial(tmp_path: Path):
     spec = write_spec(tmp_path, NODE_CRASH_SPEC)
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "node_crash.py"), str(spec), uri, str(tmp_path / "runs")],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        # The cluster's workers import the trainable from the tests' folder.
+        env={**os.environ, "RAY_AUTH_MODE": "disabled",
+             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
         capture_output=True,
         text=True,
         timeout=420,

@@ -23,18 +23,20 @@ from tricksweep.spec import load_spec
 from tricksweep.tracking import PARENT_TAG, STATUS_TAG, SWEEP_TAG
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+# Trials whose epochs sleep (tests/paced_trainable.py): 8 x 20 epochs of 0.15 s, one at a time in the
+# session's 1-CPU Ray, keep reporting through the outage and after it (~24 s in all) at no CPU cost.
 SPEC = """\
 name: outage
+trainable: paced_trainable
 metric: val_accuracy
 mode: max
 budget: {trials: 8, max_epochs: 20}
 scheduler: {type: none}
 seed: 11
-registry: false  # not this test's subject (test_registry.py), ~4 CPU-s at the sweep's end
+registry: false  # nothing to register: the trainable has no network
 space:
-  model: {name: cnn, width: 16}
-  batch_size: 32
-  optimizer: {name: adam, lr: {loguniform: [1.0e-3, 1.0e-2]}}
+  epoch_s: 0.15
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
 """
 
 pytestmark = pytest.mark.scenario  # a real mlflow server, stopped and started again mid-sweep
