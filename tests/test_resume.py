@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_spec
+from conftest import TESTS, write_spec
 from mlflow.tracking import MlflowClient
 
 from tricksweep.cli import main
@@ -58,18 +57,34 @@ def histories(client: MlflowClient, runs) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-# One case, ~90 s on 2 CPUs: Optuna (whose restored study loses the trials begun after Tune's last
-# snapshot, the harder path) with a user's own model factory, found by import string in the spec's
-# folder (examples/own_model). The random searcher's restore, which redraws such a trial under its
-# id, was a second case of its own; it is Tune's BasicVariantGenerator's, and cost as much again.
+# The killed sweep: Optuna, whose restored study loses the trials begun after Tune's last snapshot
+# (the harder path; the random searcher redraws them under their ids). Its trials' epochs sleep
+# (tests/paced_trainable.py: 16 x 0.4 s a trial), so the kill lands while one runs on any machine,
+# at no CPU cost: with a CNN, and a second case for the random searcher, this took ~190 s of the suite.
+KILL_SPEC = """\
+name: crashy
+trainable: paced_trainable
+metric: val_accuracy
+mode: max
+budget: {trials: 6, max_epochs: 16}
+scheduler: {type: none}
+searcher: optuna_tpe
+seed: 3
+registry: false  # nothing to register: the trainable has no network
+space:
+  epoch_s: 0.4
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  dropout: {choice: [0.0, 0.2]}
+"""
+
+
 @pytest.mark.scenario
 def test_resume_after_the_driver_is_killed(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    shutil.copytree(ROOT / "examples" / "own_model" / "own_nets", tmp_path / "own_nets",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    model = '{name: "own_nets.nets:make_net", width: 32}'
-    spec = write_spec(tmp_path, SPEC.replace("{name: cnn, width: 32}", model) + "searcher: optuna_tpe\n")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    spec = write_spec(tmp_path, KILL_SPEC)
+    # The driver's local Ray workers inherit its environment: they import the trainable from here.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     client = MlflowClient(uri)
     client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
     log = (tmp_path / "driver.log").open("w")
