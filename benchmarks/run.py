@@ -257,8 +257,7 @@ def run_engine(bench: Bench, loaded, callbacks: list | None = None) -> float:
     has no switch to turn tracking off, so this is "tracking off"."""
     from tricksweep.runner import _callbacks, build_tuner, without_tensorboard
 
-    callbacks = callbacks or []
-    tuner = build_tuner(loaded, bench.storage, bench.name("engine"), callbacks)
+    tuner = build_tuner(loaded, bench.storage, bench.name("engine"), callbacks or [])
     with without_tensorboard(_callbacks(tuner)):  # as run_sweep fits it
         return timed_fit(tuner, loaded.spec.name)
 

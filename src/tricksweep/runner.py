@@ -389,18 +389,22 @@ def without_tensorboard(callbacks: list) -> Iterator[None]:
             and any(isinstance(c, CSVLoggerCallback) for c in callbacks)):
         yield
         return
-    saved = os.environ.get(NO_AUTO_LOGGERS)
-    os.environ[NO_AUTO_LOGGERS] = "1"
+    with env_set("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"):
+        yield
+
+
+@contextlib.contextmanager
+def env_set(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block, then as it was (unset if it was unset)."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop(NO_AUTO_LOGGERS, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[NO_AUTO_LOGGERS] = saved
-
-
-NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+            os.environ[name] = saved
 
 
 @contextlib.contextmanager
@@ -469,18 +473,13 @@ class StopSignals:
     def fitting(self) -> Iterator[None]:
         """Around ``Tuner.fit``: Tune leaves SIGINT to us, and we reach its stop through the
         handler it installs for SIGUSR1 (the same one its Ctrl-C handler is)."""
-        saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        self._before_fit = _sigusr1_handler()
-        self._fitting = True
-        try:
-            yield
-        finally:
-            self._fitting = False
-            if saved_env is None:
-                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-            else:
-                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
+        with env_set("TUNE_DISABLE_SIGINT_HANDLER", "1"):
+            self._before_fit = _sigusr1_handler()
+            self._fitting = True
+            try:
+                yield
+            finally:
+                self._fitting = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         tune_stop = _sigusr1_handler()
