@@ -53,23 +53,22 @@ def test_without_the_token_a_submission_is_refused_in_one_line(token_head, tmp_p
 
 @pytest.mark.scenario
 def test_with_the_token_the_job_runs(token_head, tmp_path: Path):
+    # The subject is the token: the job is a user's small project (tests/test_shipping.py), followed as a
+    # user follows one (`logs --follow` returns once the job has ended), then asked for its status.
+    from test_shipping import user_project
+
     address, token, _ = token_head
-    submitted = tricksweep("submit", str(ROOT / "sweeps" / "quickstart.yaml"), "--smoke", "--address", address,
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", str(tmp_path / "runs"),
+    spec = user_project(tmp_path / "usercode", tmp_path / "probe")
+    submitted = tricksweep("submit", str(spec), "--address", address, "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", str(tmp_path / "runs"),
                            token_path=token, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job_id = submitted.stdout.strip()
-    deadline = time.monotonic() + 300
-    while True:
-        status = tricksweep("status", job_id, "--address", address, token_path=token, cwd=tmp_path)
-        assert status.returncode == 0, status.stderr
-        if any(word in status.stdout for word in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
-        assert time.monotonic() < deadline, status.stdout
-        time.sleep(2)
-    logs = tricksweep("logs", job_id, "--address", address, token_path=token, cwd=tmp_path)
-    assert "SUCCEEDED" in status.stdout, logs.stdout[-3000:]
-    assert "best val_accuracy" in logs.stdout
+    followed = tricksweep("logs", job_id, "--address", address, "--follow", token_path=token, cwd=tmp_path)
+    assert followed.returncode == 0, followed.stderr[-2000:]
+    status = tricksweep("status", job_id, "--address", address, token_path=token, cwd=tmp_path)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, followed.stdout[-3000:]
+    assert "best loss" in followed.stdout and len(list((tmp_path / "probe").glob("*.json"))) == 2
 
 
 @pytest.mark.scenario
