@@ -39,8 +39,8 @@ space:
 
 
 @pytest.mark.scenario
-def test_worker_node_crash_loses_no_trial(tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_worker_node_crash_loses_no_trial(tmp_path: Path, new_store):
+    uri = new_store(tmp_path)
     spec = write_spec(tmp_path, NODE_CRASH_SPEC)
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "node_crash.py"), str(spec), uri, str(tmp_path / "runs")],

@@ -34,8 +34,8 @@ def wait_for(address: str, job_id: str, timeout: float = 300) -> str:
 
 
 @pytest.mark.scenario
-def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_submit_runs_the_sweep_on_the_cluster_and_records_it(head, tmp_path, capsys, new_store):
+    uri = new_store(tmp_path)
     code = main(
         [
             "submit",
@@ -93,11 +93,11 @@ def test_submit_ships_the_users_code_from_outside_the_checkout(head, tmp_path, n
 
 
 @pytest.mark.scenario
-def test_stop_a_running_job(head, tmp_path, capsys):
+def test_stop_a_running_job(head, tmp_path, capsys, new_store):
     job_id = jobs.submit(
         ROOT / "sweeps" / "tricks_digits.yaml",
         head,
-        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+        tracking_uri=new_store(tmp_path),
         storage=str(tmp_path / "runs"),
     )
     deadline = time.monotonic() + 120

@@ -70,11 +70,10 @@ def _summary_counts(out: str, prefix: str) -> dict[str, int]:
 
 @pytest.mark.scenario
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_a_signal_ends_the_sweep_interrupted_and_resume_finishes_it(sig: str, tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_signal_ends_the_sweep_interrupted_and_resume_finishes_it(sig: str, tmp_path: Path, new_store):
+    uri = new_store(tmp_path)  # ./mlflow.db of the commands below: resume finds it there by default
     spec = write_spec(tmp_path, SPEC)
     client = MlflowClient(uri)
-    client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
     env = _env(tmp_path)
     driver = subprocess.Popen(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
@@ -148,10 +147,10 @@ space:
 
 
 @pytest.mark.scenario
-def test_the_first_trials_failing_alike_stop_the_sweep_with_one_error_line(tmp_path: Path):
+def test_the_first_trials_failing_alike_stop_the_sweep_with_one_error_line(tmp_path: Path, new_store):
     from broken_trainable import ERROR
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path)
     spec = write_spec(tmp_path, REPEATED_ERRORS_SPEC)
     done = subprocess.run(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],

@@ -79,14 +79,13 @@ space:
 
 
 @pytest.mark.scenario
-def test_resume_after_the_driver_is_killed(tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_resume_after_the_driver_is_killed(tmp_path: Path, new_store):
+    uri = new_store(tmp_path)
     spec = write_spec(tmp_path, KILL_SPEC)
     # The driver's local Ray workers inherit its environment: they import the trainable from here.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     client = MlflowClient(uri)
-    client.search_experiments()  # create the store first: two processes migrating a new sqlite file race
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
