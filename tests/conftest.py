@@ -25,10 +25,15 @@ os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, str(TESTS))
 
 
-# With `--dist loadfile` each worker takes whole files in collection order; the longest scenario files,
-# run last, left one worker idle while the other finished them. Longest first (the rest keep their order).
-LONGEST_FILES = ("test_benchmarks.py", "test_tracking_outage.py", "test_resume.py", "test_faults.py",
-                 "test_lifecycle.py")
+# With `--dist loadfile` each worker takes whole files in this order (the Makefile turns off xdist's own
+# reordering, most tests first, which put these few-test files last: one worker finished the longest alone
+# while the other idled). Longest first, by seconds in the full suite; those whose trials sleep or wait on
+# other processes (lifecycle, Jobs, resume, faults, GPU memory, outage) alternate with those that compute,
+# so the two workers seldom wait at once. The rest keep their order and fill the end.
+LONGEST_FILES = ("test_benchmarks.py", "test_lifecycle.py", "test_own_trainable.py", "test_jobs_heads.py",
+                 "test_registry.py", "test_jobs.py", "test_sweeps.py", "test_resume.py", "test_trainables.py",
+                 "test_faults.py", "test_models.py", "test_gpu_memory.py", "test_transfer.py",
+                 "test_tracking_outage.py", "test_shipping.py", "test_mlflow_ui.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
