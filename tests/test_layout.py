@@ -126,3 +126,11 @@ def test_a_trial_in_a_real_worker_imports_only_the_worker_side(ray_local, tmp_pa
     assert {m for m in loaded if m.startswith("tricksweep")} == WORKER_SIDE
     assert not {m.split(".")[0] for m in loaded} & {*HEAVY, "torch"}  # torch: only a trainable that uses it
     assert result.metrics["torch_threads"] == 1  # the trial's 1 CPU, though torch loaded after the engine
+
+
+def test_the_suites_file_order_names_existing_files():
+    # A misspelt or renamed file would silently drop out of the order the two xdist workers follow.
+    from conftest import LONGEST_FILES, TESTS
+
+    assert len(set(LONGEST_FILES)) == len(LONGEST_FILES)
+    assert [name for name in LONGEST_FILES if not (TESTS / name).is_file()] == []
