@@ -45,6 +45,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
 
 
+def tests_on_pythonpath() -> str:
+    """PYTHONPATH with this folder first, before the caller's rather than instead of it (that path
+    may hold the engine under test): Ray workers then import the test-only trainables by name."""
+    return os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment of a driver or cluster a test starts as a process of its own: a local Ray
+    without token auth, whose workers import the test-only trainables; ``extra`` on top."""
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": tests_on_pythonpath(), **extra}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A private 1-CPU Ray for the whole session; workers can import the test-only trainables.
@@ -62,7 +74,7 @@ def ray_local():
         resources={"accel": 1.0},  # a stand-in GPU: fractional packing is tested on it
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}},
+        runtime_env={"env_vars": {"PYTHONPATH": tests_on_pythonpath()}},
     )
     yield ray
     ray.shutdown()

@@ -4,13 +4,12 @@ from their checkpoints on the surviving node and their MLflow histories have no 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TESTS, write_spec
+from conftest import TESTS, process_env, write_spec
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -44,9 +43,7 @@ def test_worker_node_crash_loses_no_trial(tmp_path: Path, new_store):
     spec = write_spec(tmp_path, NODE_CRASH_SPEC)
     done = subprocess.run(
         [sys.executable, str(TESTS / "scenarios" / "node_crash.py"), str(spec), uri, str(tmp_path / "runs")],
-        # The cluster's workers import the trainable from the tests' folder.
-        env={**os.environ, "RAY_AUTH_MODE": "disabled",
-             "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])},
+        env=process_env(),  # the cluster's workers import the trainable from the tests' folder
         capture_output=True,
         text=True,
         timeout=420,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TESTS, write_spec
+from conftest import TESTS, process_env, write_spec
 from mlflow.tracking import MlflowClient
 
 from tricksweep.errors import SpecError
@@ -43,12 +43,6 @@ RAY_NOISE = ("Tuner.restore", "Could not fetch metrics", "Failed to fetch metric
              "Trials did not complete", "Traceback")
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    # The test folders first on the workers' path: they import the test-only trainables.
-    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": path, **TWO_SLOTS}
-
-
 def _runs(client: MlflowClient, name: str) -> tuple[object | None, list]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -74,7 +68,7 @@ def test_a_signal_ends_the_sweep_interrupted_and_resume_finishes_it(sig: str, tm
     uri = new_store(tmp_path)  # ./mlflow.db of the commands below: resume finds it there by default
     spec = write_spec(tmp_path, SPEC)
     client = MlflowClient(uri)
-    env = _env(tmp_path)
+    env = process_env(**TWO_SLOTS)
     driver = subprocess.Popen(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
         cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -154,7 +148,7 @@ def test_the_first_trials_failing_alike_stop_the_sweep_with_one_error_line(tmp_p
     spec = write_spec(tmp_path, REPEATED_ERRORS_SPEC)
     done = subprocess.run(
         [TRICKSWEEP, "run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=process_env(**TWO_SLOTS), capture_output=True, text=True, timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-3000:]

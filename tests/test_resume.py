@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TESTS, write_spec
+from conftest import process_env, write_spec
 from mlflow.tracking import MlflowClient
 
 from tricksweep.cli import main
@@ -82,9 +82,7 @@ space:
 def test_resume_after_the_driver_is_killed(tmp_path: Path, new_store):
     uri = new_store(tmp_path)
     spec = write_spec(tmp_path, KILL_SPEC)
-    # The driver's local Ray workers inherit its environment: they import the trainable from here.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = process_env()  # the driver's local Ray workers inherit it: they import the trainable from here
     client = MlflowClient(uri)
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(

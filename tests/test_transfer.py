@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import synthetic_data
 import torch
-from conftest import TESTS, write_spec
+from conftest import TESTS, process_env, write_spec
 from mlflow.tracking import MlflowClient
 
 from trainables.classifier import CHECKPOINT_FILE, Config, train
@@ -310,12 +310,7 @@ def test_trials_on_a_node_without_the_drivers_file_start_from_its_weights(source
             str(tmp_path / "runs"),
             str(worker_cache),
         ],
-        # TESTS before the caller's PYTHONPATH, not instead of it: the scenario imports the engine under test.
-        env={
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-        },
+        env=process_env(),
         capture_output=True,
         text=True,
         timeout=300,
