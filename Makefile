@@ -22,7 +22,7 @@ quickstart: setup
 # Test files run in PYTEST_WORKERS processes (pytest-xdist), a file at a time each: module-scoped
 # sweeps run once, and one process's wait (a worker starting, a server, a driver) is the other's CPU.
 # Each process has its own session Ray. PYTEST_WORKERS=0 runs everything in one process.
-# Files go out in tests/conftest.py's order (longest first), not xdist's (most tests first).
+# Files go out in tests/conftest.py's FILE_ORDER (longest first), not xdist's (most tests first).
 PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 

@@ -32,17 +32,17 @@ sys.path.insert(0, str(TESTS))
 # that compute, while the other runs those whose trials sleep or wait on other processes (lifecycle, Jobs,
 # resume, faults, outage, GPU memory): two waiting at once left a CPU idle (34 % idle for 90 s). The
 # smallest files come last and even out the end.
-LONGEST_FILES = ("test_benchmarks.py", "test_lifecycle.py", "test_registry.py", "test_jobs_heads.py", "test_jobs.py",
-                 "test_sweeps.py", "test_resume.py", "test_mlflow_ui.py", "test_shipping.py", "test_faults.py",
-                 "test_own_trainable.py", "test_tracking_outage.py", "test_transfer.py", "test_trainables.py",
-                 "test_gpu_memory.py", "test_own_data.py", "test_resources.py", "test_search.py",
-                 "test_integration.py", "test_models.py", "test_init.py", "test_extend.py", "test_rerun.py",
-                 "test_cli.py", "test_checkpoint_policy.py", "test_layout.py", "test_report.py")
+FILE_ORDER = ("test_benchmarks.py", "test_lifecycle.py", "test_registry.py", "test_jobs_heads.py", "test_jobs.py",
+              "test_sweeps.py", "test_resume.py", "test_mlflow_ui.py", "test_shipping.py", "test_faults.py",
+              "test_own_trainable.py", "test_tracking_outage.py", "test_transfer.py", "test_trainables.py",
+              "test_gpu_memory.py", "test_own_data.py", "test_resources.py", "test_search.py",
+              "test_integration.py", "test_models.py", "test_init.py", "test_extend.py", "test_rerun.py",
+              "test_cli.py", "test_checkpoint_policy.py", "test_layout.py", "test_report.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FILE_ORDER)))
 
 
 def tests_on_pythonpath() -> str:

@@ -130,7 +130,7 @@ def test_a_trial_in_a_real_worker_imports_only_the_worker_side(ray_local, tmp_pa
 
 def test_the_suites_file_order_names_existing_files():
     # A misspelt or renamed file would silently drop out of the order the two xdist workers follow.
-    from conftest import LONGEST_FILES, TESTS
+    from conftest import FILE_ORDER, TESTS
 
-    assert len(set(LONGEST_FILES)) == len(LONGEST_FILES)
-    assert [name for name in LONGEST_FILES if not (TESTS / name).is_file()] == []
+    assert len(set(FILE_ORDER)) == len(FILE_ORDER)
+    assert [name for name in FILE_ORDER if not (TESTS / name).is_file()] == []
