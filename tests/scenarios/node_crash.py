@@ -14,8 +14,8 @@ import time
 
 import ray
 import ray.tune
+from local_cluster import head_only_cluster
 from mlflow.tracking import MlflowClient
-from ray.cluster_utils import Cluster
 
 from tricksweep.runner import resume_sweep, run_sweep
 from tricksweep.spec import load_spec
@@ -35,7 +35,7 @@ def running_with_history(client: MlflowClient, min_epochs: int) -> int:
 
 
 def main(spec_path: str, uri: str, storage: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = head_only_cluster()
     atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2)
     doomed = cluster.add_node(num_cpus=2)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 import torch
-from ray.cluster_utils import Cluster
+from local_cluster import head_only_cluster
 
 from trainables.classifier import CHECKPOINT_FILE
 from tricksweep.runner import build_tuner
@@ -26,7 +26,7 @@ from tricksweep.spec import load_spec
 
 
 def main(spec_path: str, storage: str, worker_cache: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = head_only_cluster()
     atexit.register(lambda: (ray.shutdown(), cluster.shutdown()))  # on a crash too: Ray's address file goes
     cluster.add_node(num_cpus=2, env_vars={"TRICKSWEEP_CACHE_DIR": worker_cache})
     cluster.wait_for_nodes()

@@ -16,13 +16,13 @@ import json
 import os
 import sys
 
-from ray.cluster_utils import Cluster
+from local_cluster import head_only_cluster
 
 from tricksweep.runner import run_sweep
 
 
 def main(spec_path: str, storage: str, tracking_uri: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = head_only_cluster()
     atexit.register(cluster.shutdown)  # on a crash too: Ray's address file goes
     for _ in range(2):
         cluster.add_node(num_cpus=1)
