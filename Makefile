@@ -20,10 +20,12 @@ quickstart: setup
 	$(BIN)/tricksweep run sweeps/quickstart.yaml
 
 # Test files run in PYTEST_WORKERS processes (pytest-xdist), a file at a time each: module-scoped
-# sweeps run once, and one process's wait (a worker starting, a server, a driver) is the other's CPU.
-# Each process has its own session Ray. PYTEST_WORKERS=0 runs everything in one process.
-# Files go out in tests/conftest.py's FILE_ORDER (longest first), not xdist's (most tests first).
-PYTEST_WORKERS ?= 2
+# sweeps run once. Three processes on 2 CPUs: while one waits (a worker starting, a server, a driver, a
+# paced trial), two compute; with two, a CPU idled 10-25 % of the suite. Each process has its own session
+# Ray. PYTEST_WORKERS=0 runs everything in one process.
+# Files go out in tests/conftest.py's FILE_ORDER (the benchmark smoke first, the smallest files last), not
+# xdist's (most tests first).
+PYTEST_WORKERS ?= 3
 XDIST := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The whole suite: what CI runs (.ci/run).

@@ -27,11 +27,10 @@ sys.path.insert(0, str(TESTS))
 
 # With `--dist loadfile` each worker takes whole files in this order (the Makefile turns off xdist's own
 # reordering, most tests first, which put these few-test files last: one worker finished the longest alone
-# while the other idled). A worker takes the next file as it finishes one. The order is laid out from the
-# files' seconds in a full suite on 2 CPUs so that one worker runs the benchmark smoke and then the files
-# that compute, while the other runs those whose trials sleep or wait on other processes (lifecycle, Jobs,
-# resume, faults, outage, GPU memory): two waiting at once left a CPU idle (34 % idle for 90 s). The
-# smallest files come last and even out the end.
+# while the others idled). A worker takes the next file as it finishes one. The benchmark smoke, the longest
+# file by far, goes first; then the files whose trials sleep or wait on other processes (lifecycle, Jobs,
+# resume, faults, outage, GPU memory) alternate with those that compute, so that the three workers the
+# Makefile starts on 2 CPUs seldom wait all at once; the smallest files come last and even out the end.
 FILE_ORDER = ("test_benchmarks.py", "test_lifecycle.py", "test_registry.py", "test_jobs_heads.py", "test_jobs.py",
               "test_sweeps.py", "test_resume.py", "test_mlflow_ui.py", "test_shipping.py", "test_faults.py",
               "test_own_trainable.py", "test_tracking_outage.py", "test_transfer.py", "test_trainables.py",
