@@ -21,8 +21,9 @@ quickstart: setup
 
 # Test files run in PYTEST_WORKERS processes (pytest-xdist), a file at a time each: module-scoped
 # sweeps run once. Three processes on 2 CPUs: while one waits (a worker starting, a server, a driver, a
-# paced trial), two compute; with two, a CPU idled 10-25 % of the suite. Each process has its own session
-# Ray. PYTEST_WORKERS=0 runs everything in one process.
+# paced trial), two compute; with two, 11 % of the CPU time went idle over the suite (up to 25 % where
+# two waiting files overlapped). Each process has its own session Ray. PYTEST_WORKERS=0 runs everything in
+# one process.
 # Files go out in tests/conftest.py's FILE_ORDER (the benchmark smoke first, the smallest files last), not
 # xdist's (most tests first).
 PYTEST_WORKERS ?= 3
