@@ -75,8 +75,8 @@ def ray_local():
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": tests_on_pythonpath()}},
         # It idles beside the suite for minutes, three times over: no prestarted worker (Tune's actors
-        # carry a runtime_env and never take one; it costs 1 CPU-s to start and 0.7 CPU-s a minute idle)
-        # and no metrics export (nothing scrapes it): 2.0 instead of 3.2 CPU-s a minute.
+        # carry a runtime_env and never take one; it costs 1 CPU-s to start and 0.6-0.7 CPU-s a minute idle)
+        # and no metrics export (nothing scrapes it): its processes idled at 2.1 instead of 2.7 CPU-s a minute.
         _system_config={"prestart_worker_first_driver": False, "enable_metrics_collection": False},
     )
     yield ray
